@@ -1,0 +1,31 @@
+"""The bus seam (see `base`): one interface, an in-memory and a RabbitMQ implementation."""
+
+from __future__ import annotations
+
+from .base import (
+    Bus,
+    BusError,
+    BusTimeoutError,
+    BusUnavailableError,
+    Consumer,
+    Handler,
+    Message,
+    RejectMessage,
+    Subscription,
+    topic_matches,
+)
+from .memory import InMemoryBus
+
+__all__ = [
+    "Bus",
+    "BusError",
+    "BusTimeoutError",
+    "BusUnavailableError",
+    "Consumer",
+    "Handler",
+    "InMemoryBus",
+    "Message",
+    "RejectMessage",
+    "Subscription",
+    "topic_matches",
+]

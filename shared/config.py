@@ -1,0 +1,94 @@
+"""Settings: every `ROOMCAST_*` variable, parsed once into one typed object.
+
+A bad value stops a process at start with one line that names the variable and what is wrong
+(`ConfigError`); secrets are `SecretStr`, so they never reach a log or a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ROOMCAST_"
+
+
+class ConfigError(Exception):
+    """A setting has a value roomcast cannot run with."""
+
+
+class Limits(BaseSettings):
+    """The protocol's limits (PROTOCOL.md, "Names and limits")."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    max_frame_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    max_username_chars: int = Field(32, ge=1, le=256)
+    max_room_chars: int = Field(64, ge=1, le=200)
+    max_body_chars: int = Field(2000, ge=1, le=100_000)
+    rate_per_second: float = Field(10.0, gt=0)
+    rate_burst: int = Field(20, ge=1)
+    history_default: int = Field(50, ge=1, le=1000)
+    recovery_max: int = Field(500, ge=1, le=10_000)
+    http_page_max: int = Field(200, ge=1, le=10_000)
+
+
+class Settings(Limits):
+    """Everything a roomcast process reads from its environment."""
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    mongo_db: str = Field("roomcast", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    exchange: str = Field("roomcast", pattern=r"^[A-Za-z0-9_.:-]{1,127}$")
+    secret: SecretStr | None = None
+
+    request_timeout: float = Field(5.0, gt=0, le=120)
+    publish_timeout: float = Field(10.0, gt=0, le=120)
+    heartbeat_interval: float = Field(2.0, gt=0, le=60)
+    heartbeat_misses: int = Field(3, ge=2, le=20)
+    send_queue_frames: int = Field(1024, ge=8, le=1_000_000)
+    batch_tick_ms: float = Field(2.0, gt=0, le=50)
+    websocket_compression: bool = False
+    drain_seconds: float = Field(10.0, ge=0, le=600)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("amqp_url", "mongo_url")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        try:
+            url = AnyUrl(raw)
+        except ValidationError as exc:
+            raise ValueError("is not a URL") from exc
+        allowed = {"amqp", "amqps"} if raw.startswith("amqp") else {"mongodb", "mongodb+srv"}
+        if url.scheme not in allowed:
+            raise ValueError(f"scheme must be one of {sorted(allowed)}, not {url.scheme!r}")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @property
+    def gateway_expiry(self) -> float:
+        """How long presence waits for a silent gateway before forgetting its users."""
+        return self.heartbeat_interval * self.heartbeat_misses
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (and explicit overrides) or raise a one-line `ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        value = first.get("input")
+        shown = "" if "secret" in field or "url" in field else f" (got {value!r})"
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}{shown}") from None
