@@ -1,0 +1,103 @@
+"""The `roomcast` command: `dev` (everything in one process) and one command per service.
+
+Any bad flag, setting or environment variable stops the process before it starts, with one line
+that names it and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from roomcast.shared.config import ConfigError, Settings, load_settings
+from roomcast.shared.logging import configure_logging
+
+PORT = click.IntRange(0, 65535)
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(coro: Awaitable[None]) -> None:
+    from roomcast.runtime import run
+
+    run(coro)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="roomcast")
+def cli() -> None:
+    """roomcast: a real-time chat backend that scales out over RabbitMQ."""
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=PORT, default=8000, show_default=True, help="HTTP/WebSocket port.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".roomcast"),
+    show_default=True,
+    help="Where history and the session secret are kept.",
+)
+def dev(host: str, port: int, data_dir: Path) -> None:
+    """Gateway, history and presence in one process, no servers needed."""
+    from roomcast.runtime import run_dev
+
+    _run(run_dev(_settings(), host, port, data_dir))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=PORT, default=8000, show_default=True)
+def gateway(host: str, port: int) -> None:
+    """A gateway: clients' WebSockets and the HTTP API, on RabbitMQ."""
+    from roomcast.runtime import run_gateway
+
+    _run(run_gateway(_settings(), host, port))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=PORT, default=8001, show_default=True, help="Health and metrics port.")
+def history(host: str, port: int) -> None:
+    """The history service: stores messages in MongoDB and answers history reads."""
+    from roomcast.runtime import run_history
+
+    _run(run_history(_settings(), host, port))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=PORT, default=8002, show_default=True, help="Health and metrics port.")
+def presence(host: str, port: int) -> None:
+    """The presence service: who is where, invitations and private rooms."""
+    from roomcast.runtime import run_presence
+
+    _run(run_presence(_settings(), host, port))
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: one-line errors for bad flags and settings, exit status 2."""
+    try:
+        return cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.UsageError as exc:
+        click.echo(f"roomcast: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except ConfigError as exc:
+        click.echo(f"roomcast: error: {exc}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)

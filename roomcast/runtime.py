@@ -1,0 +1,221 @@
+"""Assembling and running roomcast's services: one function per command of the CLI.
+
+Each builds its bus and stores from `Settings`, serves its HTTP port with Hypercorn, and shuts
+down in order on SIGINT/SIGTERM: a gateway first closes its sockets with 1012 and leaves
+presence (Hypercorn's own graceful timeout is ignored while WebSockets stay open: hypercorn
+issue 308), history finishes the writes in flight before it acknowledges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from quart import Quart
+
+from roomcast.gateway.app import create_app
+from roomcast.gateway.chat import ChatGateway
+from roomcast.gateway.compression import set_websocket_compression
+from roomcast.history.service import HistoryService
+from roomcast.presence.service import PresenceService
+from roomcast.shared.bus import Bus, InMemoryBus
+from roomcast.shared.config import ConfigError, Settings
+from roomcast.shared.ops import add_ops_routes
+from roomcast.shared.secantus import SecantusServer
+from roomcast.shared.sessions import SessionSigner
+from roomcast.shared.store.mongo import MongoMessageStore, MongoRoomStore
+
+log = structlog.get_logger("roomcast")
+
+
+def rabbit_bus(settings: Settings, name: str) -> Bus:
+    from roomcast.shared.bus.rabbit import RabbitBus
+
+    return RabbitBus(
+        settings.amqp_url.get_secret_value(), exchange=settings.exchange, name=f"roomcast-{name}"
+    )
+
+
+def _hypercorn(host: str, port: int, settings: Settings) -> Config:
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.websocket_max_message_size = settings.max_frame_bytes
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 1.0
+    config.include_server_header = False
+    return config
+
+
+async def _serve(app: Quart, host: str, port: int, settings: Settings,
+                 before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; run `before_stop` while the port still answers."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    shutdown = asyncio.Event()
+
+    async def watch() -> None:
+        await stop.wait()
+        log.info("stopping")
+        if before_stop is not None:
+            try:
+                await before_stop()
+            except Exception:
+                log.exception("error while draining")
+        shutdown.set()
+
+    watcher = asyncio.create_task(watch())
+    log.info("listening", url=f"http://{host}:{port}")
+    try:
+        await serve(app, _hypercorn(host, port, settings), shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _gateway_secret(settings: Settings) -> bytes:
+    if settings.secret is None:
+        raise ConfigError(
+            "ROOMCAST_SECRET: is required for gateways (the same value on every gateway, "
+            "at least 16 characters)"
+        )
+    return settings.secret.get_secret_value().encode()
+
+
+def _dev_secret(settings: Settings, data_dir: Path) -> bytes:
+    """Sessions must survive a restart of `roomcast dev`: keep a secret in the data dir."""
+    if settings.secret is not None:
+        return settings.secret.get_secret_value().encode()
+    path = data_dir / "secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip().encode()
+
+
+def _prepare_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--data-dir: {data_dir} is not a writable directory ({exc.strerror})") from None
+
+
+async def run_dev(settings: Settings, host: str, port: int, data_dir: Path) -> None:
+    """Everything in one process: in-memory bus, SecantusDB child process, one gateway."""
+    _prepare_data_dir(data_dir)
+    set_websocket_compression(settings.websocket_compression)
+    signer = SessionSigner(_dev_secret(settings, data_dir))
+    async with AsyncExitStack() as stack:
+        database = SecantusServer(data_dir / "db")
+        await database.start()
+        stack.push_async_callback(database.stop)
+        messages = MongoMessageStore(database.url, settings.mongo_db)
+        rooms = MongoRoomStore(database.url, settings.mongo_db)
+        for store in (messages, rooms):
+            await store.open()
+            stack.push_async_callback(store.close)
+        bus = InMemoryBus("dev")
+        await bus.connect()
+        stack.push_async_callback(bus.close)
+        history = HistoryService(bus, messages, settings)
+        presence = PresenceService(bus, rooms, settings)
+        await history.start()
+        stack.push_async_callback(history.stop)
+        await presence.start()
+        stack.push_async_callback(presence.stop)
+        gateway = ChatGateway(bus, settings, signer)
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
+        app = create_app(gateway, {"store": messages.ping})
+        log.info("roomcast dev", data_dir=str(data_dir), web=f"http://{host}:{port}/")
+        await _serve(app, host, port, settings, gateway.drain)
+
+
+async def run_gateway(settings: Settings, host: str, port: int) -> None:
+    set_websocket_compression(settings.websocket_compression)
+    signer = SessionSigner(_gateway_secret(settings))
+    bus = rabbit_bus(settings, "gateway")
+    await bus.connect()
+    gateway = ChatGateway(bus, settings, signer)
+    try:
+        await gateway.start()
+        await _serve(create_app(gateway), host, port, settings, gateway.drain)
+    finally:
+        await gateway.stop()
+        await bus.close()
+
+
+class _Worker(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class _Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> bool: ...
+
+
+async def _run_worker(
+    name: str, settings: Settings, host: str, port: int, store: _Store,
+    build: Callable[[Bus], _Worker],
+) -> None:
+    """A service with no public API: its bus consumer, and /healthz, /readyz, /metrics."""
+    bus = rabbit_bus(settings, name)
+    await bus.connect()
+    try:
+        await store.open()
+        service = build(bus)
+        await service.start()
+        app = Quart(f"roomcast-{name}")
+
+        async def bus_ready() -> bool:
+            return bus.is_ready
+
+        add_ops_routes(app, {"bus": bus_ready, "store": store.ping})
+        await _serve(app, host, port, settings, service.stop)
+    finally:
+        await bus.close()
+        await store.close()
+
+
+async def run_history(settings: Settings, host: str, port: int) -> None:
+    store = MongoMessageStore(settings.mongo_url.get_secret_value(), settings.mongo_db)
+    await _run_worker(
+        "history", settings, host, port, store, lambda bus: HistoryService(bus, store, settings)
+    )
+
+
+async def run_presence(settings: Settings, host: str, port: int) -> None:
+    store = MongoRoomStore(settings.mongo_url.get_secret_value(), settings.mongo_db)
+    await _run_worker(
+        "presence", settings, host, port, store, lambda bus: PresenceService(bus, store, settings)
+    )
+
+
+def run(main: Awaitable[None]) -> None:
+    """Run on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - non-Linux
+        asyncio.run(main)  # type: ignore[arg-type]
+        return
+    uvloop.run(main)  # type: ignore[arg-type]
+
+

@@ -1,0 +1,105 @@
+"""The gateway's HTTP API: a room's history page by page, and its active users.
+
+Private rooms answer only to `Authorization: Bearer SESSION` with the session of one of their two
+members. Every error is `{"code", "message"}` with the WebSocket protocol's codes.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from quart import Blueprint, current_app, request
+from quart_schema import document_headers, validate_querystring, validate_response
+
+from roomcast.shared import rpc, topics
+from roomcast.shared.models import ChatMessage, is_valid_name
+from roomcast.shared.sessions import session_hash
+
+from .chat import ChatGateway
+from .protocol import ProtocolError
+
+api = Blueprint("api", __name__, url_prefix="/api")
+
+
+class MessagesQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=200, description="How many messages, 1 to 200.")
+    before: str | None = Field(None, max_length=128, description="Page back from this message id.")
+
+
+class MessagesPage(BaseModel):
+    messages: list[ChatMessage]
+
+
+class UsersPage(BaseModel):
+    users: list[str]
+
+
+class ApiError(BaseModel):
+    code: str
+    message: str
+
+
+class AuthHeaders(BaseModel):
+    authorization: str | None = Field(
+        None, description="`Bearer SESSION`: required for a private room."
+    )
+
+
+def _gateway() -> ChatGateway:
+    gateway: ChatGateway = current_app.extensions["roomcast.gateway"]
+    return gateway
+
+
+async def _users(room: str) -> rpc.UsersReply:
+    """Presence's view of the room, and whether the caller may see it."""
+    gateway = _gateway()
+    if not is_valid_name(room, gateway.settings.max_room_chars):
+        raise ProtocolError("invalid", "room must be letters, digits, '_' or '-'")
+    username = hashed = None
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        session = header.removeprefix("Bearer ").strip()
+        username = gateway.signer.username_of(session)
+        if username is not None:
+            hashed = session_hash(session)
+    result = await rpc.call(
+        gateway.bus,
+        topics.presence_request("users"),
+        rpc.UsersRequest(room=room, username=username, session_hash=hashed),
+        timeout=gateway.settings.request_timeout,
+    )
+    reply = rpc.UsersReply.model_validate(result)
+    if not reply.allowed:
+        raise ProtocolError("room_private", f"room {room!r} is private; send a member's session")
+    return reply
+
+
+@api.get("/rooms/<room>/messages")
+@document_headers(AuthHeaders)
+@validate_querystring(MessagesQuery)
+@validate_response(MessagesPage, 200)
+@validate_response(ApiError, 400)
+@validate_response(ApiError, 403)
+@validate_response(ApiError, 503)
+async def room_messages(room: str, query_args: MessagesQuery) -> MessagesPage:
+    """A page of the room's history, oldest first; page back with `before`."""
+    gateway = _gateway()
+    await _users(room)
+    query = rpc.HistoryQuery(op="before", before=query_args.before, limit=query_args.limit)
+    result = await rpc.call(
+        gateway.bus, topics.history_request(room), query, timeout=gateway.settings.request_timeout
+    )
+    reply = rpc.HistoryReply.model_validate(result)
+    if not reply.known:
+        raise ProtocolError("invalid", f"no message {query_args.before!r} in room {room!r}")
+    return MessagesPage(messages=reply.messages)
+
+
+@api.get("/rooms/<room>/users")
+@document_headers(AuthHeaders)
+@validate_response(UsersPage, 200)
+@validate_response(ApiError, 400)
+@validate_response(ApiError, 403)
+@validate_response(ApiError, 503)
+async def room_users(room: str) -> UsersPage:
+    """The users with at least one live connection in the room, sorted."""
+    return UsersPage(users=(await _users(room)).users)

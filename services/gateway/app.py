@@ -1,0 +1,99 @@
+"""The gateway's Quart application: the WebSocket at /ws, the HTTP API, the web client, and the
+operational routes. The app owns no state of its own: `ChatGateway` holds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+from quart import Quart, Response, abort, send_file, websocket
+from quart_schema import QuartSchema, RequestSchemaValidationError
+
+from roomcast.shared.bus import BusUnavailableError
+from roomcast.shared.ops import Check, add_ops_routes
+from roomcast.shared.rpc import RemoteError
+
+from .api import api
+from .chat import ChatGateway
+from .protocol import ProtocolError
+
+STATIC = Path(__file__).parent / "static"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_STATUS = {"invalid": 400, "room_private": 403, "unavailable": 503, "internal": 500}
+
+
+def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> Quart:
+    """Build the app around a gateway; `checks` are extra readiness checks (e.g. a store)."""
+    app = Quart(__name__, static_folder=str(STATIC), static_url_path="/static")
+    app.extensions["roomcast.gateway"] = gateway
+    QuartSchema(
+        app,
+        info={"title": "roomcast gateway", "version": "1"},
+        openapi_path="/openapi.json",
+        swagger_ui_path=None,
+        redoc_ui_path="/docs",
+        scalar_ui_path=None,
+    )
+    app.register_blueprint(api)
+
+    async def bus_ready() -> bool:
+        return gateway.bus.is_ready and not gateway.draining
+
+    add_ops_routes(app, {"bus": bus_ready, **(checks or {})})
+
+    @app.after_request
+    async def security_headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    @app.get("/")
+    async def index() -> Response:
+        page = STATIC / "index.html"
+        if not page.exists():
+            return Response("roomcast is running; connect a WebSocket to /ws", mimetype="text/plain")
+        response = await send_file(page, mimetype="text/html")
+        response.cache_control.no_cache = True
+        return response
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        if gateway.draining:
+            abort(503)
+        await websocket.accept()
+        conn = gateway.open(websocket.send, websocket.close, batch=websocket.args.get("batch") == "1")
+        try:
+            await conn.serve(websocket.receive, gateway.on_frame, gateway.settings.max_frame_bytes)
+        finally:
+            gateway.closed_soon(conn)
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def bad_request(error: RequestSchemaValidationError) -> tuple[dict[str, str], int]:
+        detail = error.validation_error
+        if isinstance(detail, ValidationError):
+            first = detail.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return {"code": "invalid", "message": f"{where}: {first['msg']}"}, 400
+        return {"code": "invalid", "message": f"bad request: {detail}"}, 400
+
+    @app.errorhandler(ProtocolError)
+    async def refused(error: ProtocolError) -> tuple[dict[str, str], int]:
+        return {"code": error.code, "message": error.message}, _STATUS.get(error.code, 400)
+
+    @app.errorhandler(RemoteError)
+    async def remote(error: RemoteError) -> tuple[dict[str, str], int]:
+        return {"code": error.code, "message": error.message}, _STATUS.get(error.code, 400)
+
+    @app.errorhandler(BusUnavailableError)
+    async def unavailable(error: BusUnavailableError) -> tuple[dict[str, str], int]:
+        return {"code": "unavailable", "message": "the service is unavailable; try again"}, 503
+
+    @app.errorhandler(404)
+    async def not_found(error: Exception) -> tuple[dict[str, str], int]:
+        return {"code": "invalid", "message": "no such resource"}, 404
+
+    return app

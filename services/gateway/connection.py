@@ -1,0 +1,140 @@
+"""One client's WebSocket: a reader, a writer, a bounded send queue, and the rooms it is in.
+
+Outgoing events are already-encoded text shared by every socket of a room; the queue holds
+references, not copies. A socket that falls `send_queue_frames` behind is closed with 1013
+instead of growing the gateway's memory. With `batch=1` the writer coalesces what is ready in
+one tick into a single frame, one event per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from .metrics import FRAMES_OUT, SLOW_CLOSES
+from .ratelimit import TokenBucket
+
+log = structlog.get_logger(__name__)
+
+Send = Callable[[str], Awaitable[None]]
+Close = Callable[[int], Awaitable[None]]
+Receive = Callable[[], Awaitable[str | bytes]]
+TextHandler = Callable[["Connection", str | bytes], Awaitable[None]]
+
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+CLOSE_TRY_LATER = 1013
+_MAX_BATCH_CHARS = 256 * 1024
+
+
+class Connection:
+    """A client connection as the gateway's domain sees it, independent of the web framework."""
+
+    def __init__(
+        self,
+        send: Send,
+        close: Close,
+        *,
+        batch: bool,
+        queue_limit: int,
+        tick: float,
+        limiter: TokenBucket,
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.username: str | None = None
+        self.session: str | None = None
+        self.session_hash: str | None = None
+        # room -> None once live, or the events held back while its join is answered
+        self.rooms: dict[str, list[tuple[str, str, str | None]] | None] = {}
+        self.presence_rooms: set[str] = set()
+        self.limiter = limiter
+        self._send = send
+        self._close = close
+        self._batch = batch
+        self._limit = queue_limit
+        self._tick = tick
+        self._queue: deque[tuple[str, str]] = deque()
+        self._ready = asyncio.Event()
+        self._close_code: int | None = None
+        self._closing = asyncio.Event()
+
+    # outgoing -------------------------------------------------------------------------------
+    def push(self, frame: str, event: str) -> None:
+        """Queue an event for this socket; close it (1013) if it is too far behind."""
+        if self._close_code is not None:
+            return
+        if len(self._queue) >= self._limit:
+            SLOW_CLOSES.inc()
+            log.warning("slow consumer disconnected", conn=self.id, queued=len(self._queue))
+            self._queue.clear()
+            self.close_soon(CLOSE_TRY_LATER)
+            return
+        self._queue.append((frame, event))
+        self._ready.set()
+
+    def deliver(self, room: str, frame: str, event: str, message_id: str | None) -> None:
+        """A room event from the relay: held back while this socket's join is answered."""
+        held = self.rooms.get(room)
+        if held is not None:
+            held.append((frame, event, message_id))
+        elif room in self.rooms:
+            self.push(frame, event)
+
+    def close_soon(self, code: int) -> None:
+        if self._close_code is None:
+            self._close_code = code
+            self._closing.set()
+
+    # lifecycle ------------------------------------------------------------------------------
+    async def serve(self, receive: Receive, on_text: TextHandler, max_chars: int) -> None:
+        """Run until the client goes away or the server closes the socket."""
+        tasks = [
+            asyncio.create_task(self._read(receive, on_text, max_chars)),
+            asyncio.create_task(self._write()),
+            asyncio.create_task(self._closing.wait()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._close_code is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._close(self._close_code)
+
+    async def _read(self, receive: Receive, on_text: TextHandler, max_chars: int) -> None:
+        while True:
+            data = await receive()
+            if isinstance(data, str) and len(data) > max_chars:
+                self.close_soon(CLOSE_TOO_BIG)
+                return
+            await on_text(self, data)
+
+    async def _write(self) -> None:
+        queue = self._queue
+        while True:
+            await self._ready.wait()
+            if self._batch:
+                await asyncio.sleep(self._tick)
+            self._ready.clear()
+            while queue:
+                if self._batch:
+                    frames: list[str] = []
+                    size = 0
+                    while queue and size < _MAX_BATCH_CHARS:
+                        frame, event = queue.popleft()
+                        frames.append(frame)
+                        size += len(frame)
+                        FRAMES_OUT.labels(event).inc()
+                    await self._send("\n".join(frames))
+                else:
+                    frame, event = queue.popleft()
+                    FRAMES_OUT.labels(event).inc()
+                    await self._send(frame)

@@ -1,0 +1,18 @@
+"""The gateway's Prometheus metrics (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("roomcast_gateway_connections", "Open WebSocket connections")
+FRAMES_IN = Counter("roomcast_gateway_frames_in_total", "Client frames received", ["event"])
+FRAMES_OUT = Counter("roomcast_gateway_frames_out_total", "Events written to sockets", ["event"])
+ERRORS = Counter("roomcast_gateway_errors_total", "Errors sent to clients", ["code"])
+SLOW_CLOSES = Counter(
+    "roomcast_gateway_slow_consumer_closes_total", "Sockets closed (1013) for not keeping up"
+)
+FANOUT = Histogram(
+    "roomcast_gateway_fanout_seconds",
+    "From publish to the event queued on every local socket of the room",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)

@@ -1,0 +1,170 @@
+"""The wire format of PROTOCOL.md, client side in: parse and validate one text frame.
+
+No I/O: it turns text into a typed `ClientFrame` or raises `ProtocolError` carrying the error
+code, a plain-words message and the frame's `ref` when one could be read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from roomcast.shared.config import Limits
+from roomcast.shared.models import CLIENT_ID_RE, is_valid_name
+
+ErrorCode = Literal[
+    "bad_json",
+    "bad_frame",
+    "bad_event",
+    "invalid",
+    "not_joined",
+    "username_taken",
+    "username_mismatch",
+    "user_offline",
+    "room_exists",
+    "room_private",
+    "rate_limited",
+    "unavailable",
+    "internal",
+]
+
+MAX_REF_CHARS = 64
+
+
+class ProtocolError(Exception):
+    """A client frame or request the server refuses; `code` is one of `ErrorCode`."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.ref = ref
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class JoinData(_Payload):
+    username: StrictStr
+    room: StrictStr
+    session: StrictStr | None = None
+    since: StrictStr | None = None
+
+
+class TypingData(_Payload):
+    username: StrictStr
+    room: StrictStr
+
+
+class ChatData(_Payload):
+    username: StrictStr
+    room: StrictStr
+    body: StrictStr
+    time: StrictInt | StrictFloat | None = None
+    id: StrictStr | None = None
+
+
+class NewRoomData(_Payload):
+    username2: StrictStr
+    room: StrictStr
+
+
+class LeaveData(_Payload):
+    room: StrictStr
+
+
+Payload = JoinData | TypingData | ChatData | NewRoomData | LeaveData
+
+PAYLOADS: dict[str, type[Payload]] = {
+    "userJoin": JoinData,
+    "userTyping": TypingData,
+    "updateChat": ChatData,
+    "newRoom": NewRoomData,
+    "userLeave": LeaveData,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFrame:
+    event: str
+    data: Payload
+    ref: str | None
+
+
+def parse_frame(text: str, limits: Limits) -> ClientFrame:
+    """Parse one client text frame, or raise `ProtocolError` saying what is wrong."""
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_json", "frame is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_frame", f"frame must be a JSON object, not {_kind(raw)}")
+    ref = _ref(raw.get("ref"))
+    event = raw.get("event")
+    if not isinstance(event, str):
+        raise ProtocolError("bad_frame", "frame needs a string 'event'", ref)
+    model = PAYLOADS.get(event)
+    if model is None:
+        known = ", ".join(PAYLOADS)
+        raise ProtocolError("bad_event", f"unknown event {event[:40]!r}; known: {known}", ref)
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid", f"'{event}' needs an object 'data', not {_kind(data)}", ref)
+    try:
+        payload = model.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError("invalid", _describe(event, exc), ref) from None
+    _check_limits(payload, limits, ref)
+    return ClientFrame(event, payload, ref)
+
+
+def _ref(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_REF_CHARS:
+        raise ProtocolError("bad_frame", f"'ref' must be a string of 1 to {MAX_REF_CHARS} characters")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else "a number"
+    )
+
+
+def _describe(event: str, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "data"
+    if first["type"] == "missing":
+        return f"'{event}' data needs '{field}'"
+    return f"'{event}' data field '{field}': {first['msg'].lower()}"
+
+
+def _check_limits(payload: Payload, limits: Limits, ref: str | None) -> None:
+    username = getattr(payload, "username", None) or getattr(payload, "username2", None)
+    if username is not None and not is_valid_name(username, limits.max_username_chars):
+        raise ProtocolError(
+            "invalid",
+            f"username must be 1 to {limits.max_username_chars} letters, digits, '_' or '-'",
+            ref,
+        )
+    if not is_valid_name(payload.room, limits.max_room_chars):
+        raise ProtocolError(
+            "invalid", f"room must be 1 to {limits.max_room_chars} letters, digits, '_' or '-'", ref
+        )
+    if isinstance(payload, ChatData):
+        body = payload.body.strip()
+        if not body or len(body) > limits.max_body_chars:
+            raise ProtocolError(
+                "invalid",
+                f"body must be 1 to {limits.max_body_chars} characters after trimming",
+                ref,
+            )
+        if payload.id is not None and not CLIENT_ID_RE.match(payload.id):
+            raise ProtocolError("invalid", "id must be 8 to 64 characters of A-Z a-z 0-9 _ -", ref)
+    if isinstance(payload, JoinData) and payload.since is not None and len(payload.since) > 128:
+        raise ProtocolError("invalid", "since must be a message id", ref)

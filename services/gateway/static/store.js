@@ -1,0 +1,387 @@
+// Client state: the rooms this page has joined, each room's timeline (deduplicated by message id),
+// active users, who is typing, unread counts, and the outbox of messages not yet acknowledged.
+// No DOM and no network here: app.js feeds events in, view.js reads the state out.
+
+export const MAIN = "main";
+
+const TYPING_MS = 4000;
+
+function newRoom(name) {
+  return {
+    name,
+    dmWith: null, // the other person, for a private two-person room this page knows about
+    items: [], // timeline: confirmed messages (by time), local items (invitations), then pending sends
+    byKey: new Map(),
+    users: [],
+    typing: new Map(), // username -> expiry (ms, local clock)
+    unread: 0,
+    historyLoaded: false,
+    hasMore: null, // null: unknown yet, true: older pages may exist, false: reached the beginning
+    loadingOlder: false,
+    joinedGen: -1, // connection generation on which the room is joined
+    joining: false,
+    rev: 0,
+  };
+}
+
+const isMsg = (item) => item.kind === "msg";
+const isOutgoing = (item) => isMsg(item) && item.status !== "sent";
+
+export class Store {
+  constructor() {
+    this.me = null;
+    this.rooms = new Map();
+    this.current = MAIN;
+    this.hiddenNew = 0; // messages that arrived in the current room while the tab was hidden
+    this._seq = 0;
+    this._inviteSeq = 0;
+    this._dirty = new Set();
+    this._listeners = new Set();
+  }
+
+  // ---- change notification -------------------------------------------------------------------
+
+  subscribe(fn) {
+    this._listeners.add(fn);
+    return () => this._listeners.delete(fn);
+  }
+
+  /** Marks part of the state changed: "rooms", "users", "typing", "messages", "outbox". */
+  touch(what, roomName) {
+    if (what === "messages" && roomName) {
+      const room = this.rooms.get(roomName);
+      if (room) room.rev += 1;
+    }
+    this._dirty.add(what);
+    for (const fn of this._listeners) fn(what, roomName);
+  }
+
+  takeDirty() {
+    const dirty = this._dirty;
+    this._dirty = new Set();
+    return dirty;
+  }
+
+  // ---- rooms ---------------------------------------------------------------------------------
+
+  room(name) {
+    return this.rooms.get(name);
+  }
+
+  ensureRoom(name, { dmWith } = {}) {
+    let room = this.rooms.get(name);
+    if (!room) {
+      room = newRoom(name);
+      this.rooms.set(name, room);
+      this.touch("rooms");
+    }
+    if (dmWith && !room.dmWith) {
+      room.dmWith = dmWith;
+      this.touch("rooms");
+    }
+    return room;
+  }
+
+  removeRoom(name) {
+    if (name === MAIN || !this.rooms.has(name)) return;
+    this.rooms.delete(name);
+    if (this.current === name) this.current = MAIN;
+    this.touch("rooms");
+    this.touch("messages", this.current);
+    this.touch("users");
+    this.touch("outbox");
+  }
+
+  setCurrent(name) {
+    const room = this.ensureRoom(name);
+    const changed = this.current !== name;
+    this.current = name;
+    if (room.unread) {
+      room.unread = 0;
+      this.touch("rooms");
+    }
+    if (changed) {
+      this.touch("rooms");
+      this.touch("messages", name);
+      this.touch("users");
+      this.touch("typing");
+    }
+  }
+
+  currentRoom() {
+    return this.ensureRoom(this.current);
+  }
+
+  totalUnread() {
+    let n = 0;
+    for (const room of this.rooms.values()) n += room.unread;
+    return n;
+  }
+
+  dmRoomWith(username) {
+    for (const room of this.rooms.values()) if (room.dmWith === username) return room;
+    return null;
+  }
+
+  // ---- messages ------------------------------------------------------------------------------
+
+  /**
+   * A message object from the server (live updateChat, msgHistory, an ack, an HTTP page).
+   * Returns "added", "confirmed" (it matched one of our pending sends) or "duplicate".
+   */
+  addServerMessage(roomName, msg, { countUnread = true } = {}) {
+    const room = this.rooms.get(roomName);
+    if (!room || !validMessage(msg)) return "duplicate";
+    const existing = room.byKey.get(`m:${msg.id}`);
+    if (existing) {
+      if (isOutgoing(existing)) {
+        this._removeItem(room, existing);
+        Object.assign(existing, { body: msg.body, time: msg.time, username: msg.username, status: "sent", error: null });
+        existing.rev += 1;
+        this._insertConfirmed(room, existing);
+        this.touch("messages", roomName);
+        this.touch("outbox");
+        return "confirmed";
+      }
+      return "duplicate";
+    }
+    const item = { kind: "msg", key: `m:${msg.id}`, id: msg.id, username: msg.username, body: msg.body, time: msg.time, room: roomName, status: "sent", error: null, rev: 0 };
+    this._insertConfirmed(room, item);
+    if (countUnread && msg.username !== this.me) {
+      if (roomName !== this.current) {
+        room.unread += 1;
+        this.touch("rooms");
+      } else if (globalThis.document?.hidden) {
+        this.hiddenNew += 1;
+        this.touch("rooms");
+      }
+    }
+    if (room.typing.delete(msg.username)) this.touch("typing");
+    this.touch("messages", roomName);
+    return "added";
+  }
+
+  /** msgHistory: the first for a room is its initial page; later ones (rejoin with since) are recovery. */
+  applyHistory(roomName, msgs) {
+    const room = this.rooms.get(roomName);
+    if (!room || !Array.isArray(msgs)) return [];
+    const recovering = room.historyLoaded;
+    const results = msgs.map((m) => this.addServerMessage(roomName, m, { countUnread: recovering }));
+    if (!room.historyLoaded) {
+      room.historyLoaded = true;
+      room.hasMore = msgs.length > 0 ? true : false;
+      this.touch("messages", roomName);
+    }
+    return results;
+  }
+
+  /** An HTTP page of older messages (oldest first), to go before everything we hold. */
+  prependOlder(roomName, msgs, limit) {
+    const room = this.rooms.get(roomName);
+    if (!room) return 0;
+    const fresh = msgs.filter((m) => validMessage(m) && !room.byKey.has(`m:${m.id}`));
+    const items = fresh.map((m) => ({ kind: "msg", key: `m:${m.id}`, id: m.id, username: m.username, body: m.body, time: m.time, room: roomName, status: "sent", error: null, rev: 0 }));
+    room.items.unshift(...items);
+    for (const item of items) room.byKey.set(item.key, item);
+    room.hasMore = msgs.length >= limit;
+    this.touch("messages", roomName);
+    return items.length;
+  }
+
+  /** Messages missed in a gap that could not be bridged: keep only what follows it. */
+  resetConfirmed(roomName, msgs) {
+    const room = this.rooms.get(roomName);
+    if (!room) return;
+    const keep = room.items.filter((item) => !(isMsg(item) && item.status === "sent"));
+    room.items = keep;
+    room.byKey = new Map(keep.map((item) => [item.key, item]));
+    for (const m of msgs) this.addServerMessage(roomName, m, { countUnread: false });
+    room.hasMore = true;
+    this.touch("messages", roomName);
+  }
+
+  lastConfirmedId(roomName) {
+    const room = this.rooms.get(roomName);
+    if (!room) return null;
+    for (let i = room.items.length - 1; i >= 0; i -= 1) {
+      const item = room.items[i];
+      if (isMsg(item) && item.status === "sent") return item.id;
+    }
+    return null;
+  }
+
+  oldestConfirmedId(roomName) {
+    const room = this.rooms.get(roomName);
+    if (!room) return null;
+    for (const item of room.items) if (isMsg(item) && item.status === "sent") return item.id;
+    return null;
+  }
+
+  hasMessage(roomName, id) {
+    const item = this.rooms.get(roomName)?.byKey.get(`m:${id}`);
+    return Boolean(item && item.status === "sent");
+  }
+
+  // ---- the outbox: our own messages until the server acknowledges them -----------------------
+
+  addPending(roomName, { id, body, time, seq }) {
+    const room = this.ensureRoom(roomName);
+    const item = { kind: "msg", key: `m:${id}`, id, username: this.me, body, time, room: roomName, status: "pending", error: null, rev: 0, seq: seq ?? ++this._seq, sentOn: -1, retryAt: 0 };
+    if (item.seq > this._seq) this._seq = item.seq;
+    room.items.push(item);
+    room.byKey.set(item.key, item);
+    this.touch("messages", roomName);
+    this.touch("outbox");
+    return item;
+  }
+
+  /** The ack of our updateChat: the stored message (its id is ours, unless the server chose one). */
+  confirm(roomName, clientId, stored) {
+    const room = this.rooms.get(roomName);
+    if (!room) return;
+    const item = room.byKey.get(`m:${clientId}`);
+    if (item && isOutgoing(item) && validMessage(stored) && stored.id !== clientId) {
+      this._removeItem(room, item);
+      this.touch("outbox");
+      this.addServerMessage(roomName, stored, { countUnread: false });
+      return;
+    }
+    if (validMessage(stored)) this.addServerMessage(roomName, stored, { countUnread: false });
+  }
+
+  setOutgoing(roomName, id, changes) {
+    const item = this.rooms.get(roomName)?.byKey.get(`m:${id}`);
+    if (!item || !isOutgoing(item)) return null;
+    Object.assign(item, changes);
+    item.rev += 1;
+    this.touch("messages", roomName);
+    this.touch("outbox");
+    return item;
+  }
+
+  discard(roomName, id) {
+    const room = this.rooms.get(roomName);
+    const item = room?.byKey.get(`m:${id}`);
+    if (!item || !isOutgoing(item)) return;
+    this._removeItem(room, item);
+    this.touch("messages", roomName);
+    this.touch("outbox");
+  }
+
+  /** Every message waiting to be sent, in the order the user wrote them. */
+  outbox() {
+    const out = [];
+    for (const room of this.rooms.values()) for (const item of room.items) if (isMsg(item) && item.status === "pending") out.push(item);
+    return out.sort((a, b) => a.seq - b.seq);
+  }
+
+  unsent() {
+    const out = [];
+    for (const room of this.rooms.values()) for (const item of room.items) if (isOutgoing(item)) out.push(item);
+    return out.sort((a, b) => a.seq - b.seq);
+  }
+
+  // ---- local timeline items ------------------------------------------------------------------
+
+  addInvite(roomName, { from, room, url }) {
+    const target = this.ensureRoom(roomName);
+    const item = { kind: "invite", key: `i:${++this._inviteSeq}`, from, target: room, url, time: Date.now(), rev: 0 };
+    let at = target.items.length;
+    while (at > 0 && isOutgoing(target.items[at - 1])) at -= 1;
+    target.items.splice(at, 0, item);
+    target.byKey.set(item.key, item);
+    this.touch("messages", roomName);
+    return item;
+  }
+
+  // ---- presence and typing -------------------------------------------------------------------
+
+  setUsers(roomName, users) {
+    const room = this.rooms.get(roomName);
+    if (!room || !Array.isArray(users)) return;
+    room.users = [...new Set(users.filter((u) => typeof u === "string"))].sort();
+    for (const name of room.typing.keys()) if (!room.users.includes(name)) room.typing.delete(name);
+    this.touch("users", roomName);
+    this.touch("typing", roomName);
+  }
+
+  userJoined(roomName, username) {
+    const room = this.rooms.get(roomName);
+    if (!room || typeof username !== "string" || room.users.includes(username)) return;
+    room.users = [...room.users, username].sort();
+    this.touch("users", roomName);
+  }
+
+  userLeft(roomName, username) {
+    const room = this.rooms.get(roomName);
+    if (!room) return;
+    room.users = room.users.filter((u) => u !== username);
+    room.typing.delete(username);
+    this.touch("users", roomName);
+    this.touch("typing", roomName);
+  }
+
+  setTyping(roomName, username, now = Date.now()) {
+    const room = this.rooms.get(roomName);
+    if (!room || username === this.me || typeof username !== "string") return;
+    room.typing.set(username, now + TYPING_MS);
+    this.touch("typing", roomName);
+  }
+
+  /** Forgets typing notes older than a few seconds; true when something changed. */
+  pruneTyping(now = Date.now()) {
+    let changed = false;
+    for (const room of this.rooms.values()) {
+      for (const [name, until] of room.typing) {
+        if (until <= now) {
+          room.typing.delete(name);
+          changed = true;
+        }
+      }
+    }
+    if (changed) this.touch("typing");
+    return changed;
+  }
+
+  typingNames(roomName, now = Date.now()) {
+    const room = this.rooms.get(roomName);
+    if (!room) return [];
+    return [...room.typing].filter(([, until]) => until > now).map(([name]) => name).sort();
+  }
+
+  // ---- persistence (sessionStorage, per tab) -------------------------------------------------
+
+  snapshot() {
+    return {
+      current: this.current,
+      rooms: [...this.rooms.values()].map((r) => ({ name: r.name, dmWith: r.dmWith })),
+      outbox: this.unsent().map(({ id, body, time, room, seq }) => ({ id, body, time, room, seq })),
+    };
+  }
+
+  // ---- internals -----------------------------------------------------------------------------
+
+  _removeItem(room, item) {
+    const at = room.items.indexOf(item);
+    if (at >= 0) room.items.splice(at, 1);
+    room.byKey.delete(item.key);
+  }
+
+  /**
+   * Confirmed messages are ordered by server time, before our pending sends. A message goes after
+   * the last confirmed message with time <= its own, or after a local item (an invitation), so a
+   * live message always lands at the bottom even when clocks disagree.
+   */
+  _insertConfirmed(room, item) {
+    const items = room.items;
+    let i = items.length - 1;
+    while (i >= 0 && isOutgoing(items[i])) i -= 1;
+    while (i >= 0 && isMsg(items[i]) && items[i].time > item.time) i -= 1;
+    items.splice(i + 1, 0, item);
+    room.byKey.set(item.key, item);
+  }
+}
+
+function validMessage(m) {
+  return m && typeof m === "object" && typeof m.id === "string" && m.id && typeof m.username === "string" && typeof m.body === "string" && typeof m.time === "number";
+}

@@ -1,0 +1,134 @@
+"""What services ask each other over the bus: typed requests, and replies that are either a
+result or a protocol error (`{"result": ...}` / `{"error": {"code", "message"}}`).
+
+The gateway turns a `RemoteError` into the client's `error` frame unchanged, and a bus timeout
+into `unavailable`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+from roomcast.shared.bus import Bus, Message, RejectMessage
+from roomcast.shared.models import ChatMessage
+
+
+class RemoteError(Exception):
+    """Another service refused a request with a protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# presence.* ----------------------------------------------------------------------------------
+class JoinRequest(Wire):
+    gateway: str
+    conn: str
+    username: str
+    room: str
+    session_hash: str
+
+
+class LeaveRequest(Wire):
+    gateway: str
+    conn: str
+    room: str
+
+
+class DisconnectRequest(Wire):
+    gateway: str
+    conn: str
+
+
+class InviteRequest(Wire):
+    gateway: str
+    conn: str
+    username: str
+    session_hash: str
+    username2: str
+    room: str
+
+
+class UsersRequest(Wire):
+    room: str
+    username: str | None = None
+    session_hash: str | None = None
+
+
+class UsersReply(Wire):
+    private: bool
+    allowed: bool
+    users: list[str]
+
+
+class RosterEntry(Wire):
+    conn: str
+    username: str
+    session_hash: str
+    rooms: list[str]
+
+
+class Heartbeat(Wire):
+    gateway: str
+    connections: list[RosterEntry]
+
+
+class GatewayGone(Wire):
+    gateway: str
+
+
+# history.<room> ------------------------------------------------------------------------------
+class HistoryQuery(Wire):
+    op: Literal["recent", "since", "before"]
+    limit: int
+    since: str | None = None
+    before: str | None = None
+
+
+class HistoryReply(Wire):
+    messages: list[ChatMessage]
+    recovered: bool | None = None
+    known: bool = True
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# helpers -------------------------------------------------------------------------------------
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def decode(model: type[M], message: Message) -> M:
+    """Parse a request; a malformed one can never succeed, so it is rejected, not requeued."""
+    try:
+        return model.model_validate_json(message.body)
+    except ValueError as exc:
+        raise RejectMessage(f"malformed {model.__name__}: {exc}") from exc
+
+
+def result(value: BaseModel | dict[str, Any] | None = None) -> bytes:
+    payload = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return orjson.dumps({"result": payload})
+
+
+def refusal(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+async def call(bus: Bus, routing_key: str, request: BaseModel, *, timeout: float) -> Any:
+    """Send a request and return its result, raising `RemoteError` for a refusal."""
+    raw = await bus.request(routing_key, encode(request), timeout=timeout)
+    reply = orjson.loads(raw)
+    if "error" in reply:
+        raise RemoteError(reply["error"]["code"], reply["error"]["message"])
+    return reply.get("result")
