@@ -13,8 +13,9 @@ import contextlib
 import logging
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,7 @@ from roomcast.shared.config import ConfigError, Settings
 from roomcast.shared.ops import add_ops_routes
 from roomcast.shared.secantus import SecantusServer
 from roomcast.shared.sessions import SessionSigner
+from roomcast.shared.store.base import MessageStore, RoomStore
 from roomcast.shared.store.mongo import MongoMessageStore, MongoRoomStore
 
 log = structlog.get_logger("roomcast")
@@ -116,35 +118,53 @@ def _prepare_data_dir(data_dir: Path) -> None:
         raise ConfigError(f"--data-dir: {data_dir} is not a writable directory ({exc.strerror})") from None
 
 
-async def run_dev(settings: Settings, host: str, port: int, data_dir: Path) -> None:
-    """Everything in one process: in-memory bus, SecantusDB child process, one gateway."""
-    _prepare_data_dir(data_dir)
-    set_websocket_compression(settings.websocket_compression)
-    signer = SessionSigner(_dev_secret(settings, data_dir))
+@dataclass
+class Embedded:
+    """Every service of roomcast on one in-memory bus, as `roomcast dev` and tests run them."""
+
+    app: Quart
+    gateway: ChatGateway
+    bus: InMemoryBus
+    history: HistoryService
+    presence: PresenceService
+
+
+@asynccontextmanager
+async def embedded(
+    settings: Settings, signer: SessionSigner, messages: MessageStore, rooms: RoomStore
+) -> AsyncIterator[Embedded]:
+    """Start history, presence and a gateway on an in-memory bus; stop them in reverse."""
     async with AsyncExitStack() as stack:
-        database = SecantusServer(data_dir / "db")
-        await database.start()
-        stack.push_async_callback(database.stop)
-        messages = MongoMessageStore(database.url, settings.mongo_db)
-        rooms = MongoRoomStore(database.url, settings.mongo_db)
         for store in (messages, rooms):
             await store.open()
             stack.push_async_callback(store.close)
-        bus = InMemoryBus("dev")
+        bus = InMemoryBus("embedded")
         await bus.connect()
         stack.push_async_callback(bus.close)
         history = HistoryService(bus, messages, settings)
-        presence = PresenceService(bus, rooms, settings)
         await history.start()
         stack.push_async_callback(history.stop)
+        presence = PresenceService(bus, rooms, settings)
         await presence.start()
         stack.push_async_callback(presence.stop)
         gateway = ChatGateway(bus, settings, signer)
         await gateway.start()
         stack.push_async_callback(gateway.stop)
         app = create_app(gateway, {"store": messages.ping})
-        log.info("roomcast dev", data_dir=str(data_dir), web=f"http://{host}:{port}/")
-        await _serve(app, host, port, settings, gateway.drain)
+        yield Embedded(app, gateway, bus, history, presence)
+
+
+async def run_dev(settings: Settings, host: str, port: int, data_dir: Path) -> None:
+    """Everything in one process: in-memory bus, SecantusDB child process, one gateway."""
+    _prepare_data_dir(data_dir)
+    set_websocket_compression(settings.websocket_compression)
+    signer = SessionSigner(_dev_secret(settings, data_dir))
+    async with SecantusServer(data_dir / "db") as database:
+        messages = MongoMessageStore(database.url, settings.mongo_db)
+        rooms = MongoRoomStore(database.url, settings.mongo_db)
+        async with embedded(settings, signer, messages, rooms) as system:
+            log.info("roomcast dev", data_dir=str(data_dir), web=f"http://{host}:{port}/")
+            await _serve(system.app, host, port, settings, system.gateway.drain)
 
 
 async def run_gateway(settings: Settings, host: str, port: int) -> None:
