@@ -59,8 +59,13 @@ def _hypercorn(host: str, port: int, settings: Settings) -> Config:
     return config
 
 
-async def _serve(app: Quart, host: str, port: int, settings: Settings,
-                 before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+async def _serve(
+    app: Quart,
+    host: str,
+    port: int,
+    settings: Settings,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM; run `before_stop` while the port still answers."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,7 +86,7 @@ async def _serve(app: Quart, host: str, port: int, settings: Settings,
     watcher = asyncio.create_task(watch())
     log.info("listening", url=f"http://{host}:{port}")
     try:
-        await serve(app, _hypercorn(host, port, settings), shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        await serve(app, _hypercorn(host, port, settings), shutdown_trigger=shutdown.wait)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -115,7 +120,9 @@ def _prepare_data_dir(data_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"--data-dir: {data_dir} is not a writable directory ({exc.strerror})") from None
+        raise ConfigError(
+            f"--data-dir: {data_dir} is not a writable directory ({exc.strerror})"
+        ) from None
 
 
 @dataclass
@@ -193,7 +200,11 @@ class _Store(Protocol):
 
 
 async def _run_worker(
-    name: str, settings: Settings, host: str, port: int, store: _Store,
+    name: str,
+    settings: Settings,
+    host: str,
+    port: int,
+    store: _Store,
     build: Callable[[Bus], _Worker],
 ) -> None:
     """A service with no public API: its bus consumer, and /healthz, /readyz, /metrics."""
@@ -237,5 +248,3 @@ def run(main: Awaitable[None]) -> None:
         asyncio.run(main)  # type: ignore[arg-type]
         return
     uvloop.run(main)  # type: ignore[arg-type]
-
-

@@ -8,7 +8,6 @@ from pathlib import Path
 from pydantic import ValidationError
 from quart import Quart, Response, abort, send_file, websocket
 from quart_schema import QuartSchema, RequestSchemaValidationError
-
 from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.ops import Check, add_ops_routes
 from roomcast.shared.rpc import RemoteError
@@ -55,7 +54,9 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
     async def index() -> Response:
         page = STATIC / "index.html"
         if not page.exists():
-            return Response("roomcast is running; connect a WebSocket to /ws", mimetype="text/plain")
+            return Response(
+                "roomcast is running; connect a WebSocket to /ws", mimetype="text/plain"
+            )
         response = await send_file(page, mimetype="text/html")
         response.cache_control.no_cache = True
         return response
@@ -65,7 +66,9 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
         if gateway.draining:
             abort(503)
         await websocket.accept()
-        conn = gateway.open(websocket.send, websocket.close, batch=websocket.args.get("batch") == "1")
+        conn = gateway.open(
+            websocket.send, websocket.close, batch=websocket.args.get("batch") == "1"
+        )
         try:
             await conn.serve(websocket.receive, gateway.on_frame, gateway.settings.max_frame_bytes)
         finally:

@@ -16,7 +16,6 @@ import uuid
 
 import orjson
 import structlog
-
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, BusUnavailableError, Subscription
 from roomcast.shared.config import Settings
@@ -53,6 +52,7 @@ class ChatGateway:
         self.recent = RecentMessages()
         self.relay = Relay(self.registry, self.recent)
         self.draining = False
+        self._idle = asyncio.Event()
         self._subscription: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -75,11 +75,13 @@ class ChatGateway:
         self.draining = True
         for conn in list(self.registry.connections):
             conn.close_soon(CLOSE_RESTART)
-        deadline = time.monotonic() + self.settings.drain_seconds
-        while self.registry.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self.registry.connections:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_seconds):
+                    await self._idle.wait()
         if self._background:
-            await asyncio.wait(set(self._background), timeout=max(0.1, deadline - time.monotonic()))
+            await asyncio.wait(set(self._background), timeout=self.settings.drain_seconds)
         with contextlib.suppress(BusUnavailableError):
             await self.bus.publish(
                 topics.presence_request("gone"), rpc.encode(rpc.GatewayGone(gateway=self.id))
@@ -111,6 +113,8 @@ class ChatGateway:
         """The socket is gone: leave every room locally, then tell presence."""
         CONNECTIONS.dec()
         await self.registry.remove(conn)
+        if not self.registry.connections:
+            self._idle.set()
         if conn.presence_rooms or conn.username is not None:
             with contextlib.suppress(BusUnavailableError):
                 await self.bus.publish(
@@ -147,7 +151,8 @@ class ChatGateway:
         except BusUnavailableError as exc:
             log.warning("bus unavailable", event=frame.event, error=str(exc))
             self._error(
-                conn, ProtocolError("unavailable", "the service is unavailable; try again", frame.ref)
+                conn,
+                ProtocolError("unavailable", "the service is unavailable; try again", frame.ref),
             )
         except Exception:
             log.exception("internal error handling a frame", event=frame.event, conn=conn.id)
@@ -187,7 +192,10 @@ class ChatGateway:
                 self.bus,
                 topics.presence_request("join"),
                 rpc.JoinRequest(
-                    gateway=self.id, conn=conn.id, username=data.username, room=room,
+                    gateway=self.id,
+                    conn=conn.id,
+                    username=data.username,
+                    room=room,
                     session_hash=hashed,
                 ),
                 timeout=self.settings.request_timeout,
@@ -243,7 +251,7 @@ class ChatGateway:
         assert isinstance(data, TypingData)
         self._joined(conn, data.room, "typing")
         self._own(conn, data.username)
-        payload = {"username": data.username, "room": data.room}
+        payload: dict[str, object] = {"username": data.username, "room": data.room}
         await self.bus.publish(
             topics.room_event(data.room, "userTyping"),
             encode_event("userTyping", payload, room=data.room).encode(),
@@ -307,8 +315,12 @@ class ChatGateway:
             self.bus,
             topics.presence_request("invite"),
             rpc.InviteRequest(
-                gateway=self.id, conn=conn.id, username=conn.username,
-                session_hash=conn.session_hash, username2=data.username2, room=data.room,
+                gateway=self.id,
+                conn=conn.id,
+                username=conn.username,
+                session_hash=conn.session_hash,
+                username2=data.username2,
+                room=data.room,
             ),
             timeout=self.settings.request_timeout,
         )

@@ -14,7 +14,7 @@ from hypercorn.protocol import ws_stream
 _ORIGINAL = ws_stream.Handshake
 
 
-class _NoExtensionsHandshake(_ORIGINAL):  # type: ignore[misc, valid-type]
+class _NoExtensionsHandshake(_ORIGINAL):
     def __init__(self, headers: list[tuple[bytes, bytes]], http_version: str) -> None:
         super().__init__(headers, http_version)
         self.extensions = None

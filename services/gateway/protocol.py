@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
-
 from roomcast.shared.config import Limits
 from roomcast.shared.models import CLIENT_ID_RE, is_valid_name
 
@@ -126,7 +125,9 @@ def _ref(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_REF_CHARS:
-        raise ProtocolError("bad_frame", f"'ref' must be a string of 1 to {MAX_REF_CHARS} characters")
+        raise ProtocolError(
+            "bad_frame", f"'ref' must be a string of 1 to {MAX_REF_CHARS} characters"
+        )
     return value
 
 

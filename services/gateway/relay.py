@@ -60,7 +60,9 @@ class Relay:
         if kind == "room":
             message_id = headers.get("id")
             publication = headers.get("pub", "")
-            if message_id is not None and not self._first_time(name, message_id, publication, frame):
+            if message_id is not None and not self._first_time(
+                name, message_id, publication, frame
+            ):
                 return
             origin = headers.get("origin")
             for conn in tuple(self._registry.rooms.get(name, ())):

@@ -15,7 +15,6 @@ import contextlib
 import orjson
 import structlog
 from prometheus_client import Counter, Histogram
-
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
 from roomcast.shared.config import Settings
@@ -26,7 +25,9 @@ log = structlog.get_logger(__name__)
 
 STORED = Counter("roomcast_history_messages_stored_total", "Chat messages written")
 BATCH = Histogram(
-    "roomcast_history_batch_size", "Messages per insert_many", buckets=(1, 2, 5, 10, 25, 50, 100, 250)
+    "roomcast_history_batch_size",
+    "Messages per insert_many",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250),
 )
 READS = Counter("roomcast_history_reads_total", "History reads answered", ["op"])
 

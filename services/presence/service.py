@@ -17,7 +17,6 @@ from typing import TypeVar
 
 import structlog
 from prometheus_client import Counter, Gauge
-
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
 from roomcast.shared.config import Settings
@@ -154,7 +153,12 @@ class PresenceService:
             self._private[room] = stored
             if stored.members != members and stored.usernames() != pair:
                 raise rpc.RemoteError("room_private", f"room {room!r} is private to another pair")
-        invitation = {"username": inviter, "username2": invitee, "room": room, "url": f"/?room={room}"}
+        invitation = {
+            "username": inviter,
+            "username2": invitee,
+            "room": room,
+            "url": f"/?room={room}",
+        }
         await self._bus.publish(
             topics.user_event(invitee, "newRoom"), encode_event("newRoom", invitation).encode()
         )

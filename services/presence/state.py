@@ -125,15 +125,15 @@ class PresenceState:
             if entry is None and not c.rooms and now - c.seen > grace:
                 del self.conns[c.conn]
         for entry in beat.connections:
-            c = self.conns.get(entry.conn)
-            if c is None:
-                c = self.conns[entry.conn] = Conn(
+            known = self.conns.get(entry.conn)
+            if known is None:
+                known = self.conns[entry.conn] = Conn(
                     entry.conn, beat.gateway, entry.username, entry.session_hash, seen=now
                 )
             for room in entry.rooms:
-                if room not in c.rooms:
-                    c.rooms[room] = now
-                    self._room_users[room][c.username].add(c.conn)
+                if room not in known.rooms:
+                    known.rooms[room] = now
+                    self._room_users[room][known.username].add(known.conn)
                     changes.rooms.add(room)
         return changes
 

@@ -188,14 +188,19 @@ export class Store {
     return items.length;
   }
 
-  /** Messages missed in a gap that could not be bridged: keep only what follows it. */
-  resetConfirmed(roomName, msgs) {
+  /**
+   * A gap after a reconnect that could not be bridged: forget the confirmed messages before `id`
+   * (the first message after the gap), so the timeline never shows a hole; paging back over HTTP
+   * then brings the rest, in order.
+   */
+  dropBefore(roomName, id) {
     const room = this.rooms.get(roomName);
     if (!room) return;
-    const keep = room.items.filter((item) => !(isMsg(item) && item.status === "sent"));
+    const at = room.items.findIndex((item) => item.key === `m:${id}`);
+    if (at <= 0) return;
+    const keep = room.items.filter((item, i) => i >= at || !(isMsg(item) && item.status === "sent"));
     room.items = keep;
     room.byKey = new Map(keep.map((item) => [item.key, item]));
-    for (const m of msgs) this.addServerMessage(roomName, m, { countUnread: false });
     room.hasMore = true;
     this.touch("messages", roomName);
   }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# mypy --strict over the `roomcast` package. The package maps several folders (pyproject.toml:
+# services/gateway -> roomcast.gateway, shared -> roomcast.shared, ...) through setuptools'
+# editable finder, which mypy cannot follow, so this lays out the same tree as symlinks first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tree=build/typecheck
+rm -rf "$tree"
+mkdir -p "$tree/roomcast"
+for f in roomcast/*.py; do ln -s "$PWD/$f" "$tree/roomcast/"; done
+ln -s "$PWD/shared" "$tree/roomcast/shared"
+ln -s "$PWD/services/gateway" "$tree/roomcast/gateway"
+ln -s "$PWD/services/history" "$tree/roomcast/history"
+ln -s "$PWD/services/presence" "$tree/roomcast/presence"
+cd "$tree"
+exec "${MYPY:-../../.venv/bin/mypy}" --config-file ../../pyproject.toml -p roomcast

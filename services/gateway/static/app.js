@@ -1,0 +1,671 @@
+// Wiring: identity (localStorage), the connection, the join sequence and recovery after a
+// reconnect, the outbox of unacknowledged messages, typing, invitations and history paging.
+import { Connection } from "./connection.js";
+import { fetchMessages } from "./api.js";
+import { MAIN, Store } from "./store.js";
+import { View } from "./view.js";
+import { checkBody, clientId, dmRoomName, errorText, isClientId, isValidRoom, usernameProblem } from "./format.js";
+
+const ID_KEY = "roomcast.identity"; // localStorage: {username, session}, shared by every tab
+const TAB_KEY = "roomcast.tab"; // sessionStorage: this tab's rooms, current room and unsent messages
+
+const TYPING_EVERY_MS = 2000;
+const PAGE = 50;
+const GAP_PAGE = 200;
+const GAP_PAGES = 5;
+
+let store = new Store();
+let identity = loadIdentity();
+let conn = null;
+let everOpen = false;
+let loggingIn = false; // the first userJoin of a name typed in the form is in flight
+let outboxPausedUntil = 0;
+let flushTimer = null;
+let renderQueued = false;
+let persistTimer = null;
+const lastTypingSent = new Map();
+let olderCooldownUntil = 0;
+
+const params = new URLSearchParams(location.search);
+const linkedRoom = params.get("room");
+
+// ---- storage -----------------------------------------------------------------------------------
+
+function loadIdentity() {
+  try {
+    const value = JSON.parse(localStorage.getItem(ID_KEY) || "null");
+    if (value && typeof value.username === "string" && !usernameProblem(value.username)) {
+      return { username: value.username, session: typeof value.session === "string" && value.session ? value.session : null };
+    }
+  } catch {
+    /* storage unavailable or corrupt: ask for a name */
+  }
+  return null;
+}
+
+function saveIdentity() {
+  try {
+    localStorage.setItem(ID_KEY, JSON.stringify({ username: identity.username, session: identity.session }));
+  } catch {
+    /* private mode: this tab still works */
+  }
+}
+
+function clearIdentity() {
+  try {
+    const stored = loadIdentity();
+    if (!stored || stored.username === identity?.username) localStorage.removeItem(ID_KEY);
+    sessionStorage.removeItem(TAB_KEY);
+  } catch {
+    /* ignore */
+  }
+}
+
+function persistTab() {
+  clearTimeout(persistTimer);
+  persistTimer = setTimeout(() => {
+    if (!store.me) return;
+    try {
+      sessionStorage.setItem(TAB_KEY, JSON.stringify({ username: store.me, ...store.snapshot() }));
+    } catch {
+      /* ignore */
+    }
+  }, 100);
+}
+
+function restoreTab() {
+  let saved = null;
+  try {
+    saved = JSON.parse(sessionStorage.getItem(TAB_KEY) || "null");
+  } catch {
+    saved = null;
+  }
+  if (!saved || saved.username !== store.me) return;
+  for (const r of Array.isArray(saved.rooms) ? saved.rooms : []) {
+    if (r && isValidRoom(r.name)) store.ensureRoom(r.name, { dmWith: typeof r.dmWith === "string" ? r.dmWith : undefined });
+  }
+  if (isValidRoom(saved.current) && store.room(saved.current)) store.setCurrent(saved.current);
+  for (const m of Array.isArray(saved.outbox) ? saved.outbox : []) {
+    if (m && isClientId(m.id) && typeof m.body === "string" && store.room(m.room)) {
+      store.addPending(m.room, { id: m.id, body: m.body, time: Number(m.time) || Date.now(), seq: Number(m.seq) || undefined });
+    }
+  }
+}
+
+// ---- rendering ---------------------------------------------------------------------------------
+
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  const run = () => {
+    renderQueued = false;
+    if (document.body.classList.contains("in-chat")) {
+      view.render(store, store.takeDirty());
+      maybeFillViewport();
+    }
+  };
+  if (document.hidden) setTimeout(run, 200);
+  else requestAnimationFrame(run);
+}
+
+function subscribeStore() {
+  store.subscribe((what) => {
+    scheduleRender();
+    if (what === "rooms" || what === "outbox") persistTab();
+  });
+}
+
+function setUrl(room) {
+  const target = room === MAIN ? "/" : `/?room=${encodeURIComponent(room)}`;
+  if (location.pathname + location.search !== target) history.replaceState(null, "", target);
+}
+
+function switchTo(room) {
+  store.setCurrent(room);
+  setUrl(room);
+  view.setComposerError(null);
+  view.forceBottom = true;
+  persistTab();
+}
+
+// ---- session and connection --------------------------------------------------------------------
+
+function wsUrl() {
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?batch=1`;
+}
+
+function beginSession(username) {
+  store = new Store();
+  subscribeStore();
+  store.me = username;
+  store.ensureRoom(MAIN);
+  restoreTab();
+  if (linkedRoom) {
+    if (isValidRoom(linkedRoom)) {
+      store.ensureRoom(linkedRoom);
+      store.setCurrent(linkedRoom);
+    } else {
+      setUrl(store.current);
+      setTimeout(() => view.notice(`“${linkedRoom}” is not a valid room name, so you're in #main instead.`, { kind: "error" }), 0);
+    }
+  }
+  everOpen = false;
+  conn = new Connection({ url: wsUrl(), onOpen, onEvent, onStatus });
+  conn.start();
+}
+
+function enterChat() {
+  view.showChat(store.me);
+  setUrl(store.current);
+  store.touch("rooms");
+  store.touch("messages", store.current);
+  store.touch("users");
+  scheduleRender();
+}
+
+function endSession() {
+  conn?.stop();
+  conn = null;
+  clearTimeout(flushTimer);
+  lastTypingSent.clear();
+}
+
+function onStatus(status) {
+  if (status.state === "open") everOpen = true;
+  if (loggingIn) {
+    if (status.state === "waiting") {
+      const secs = Math.max(1, Math.ceil((status.retryAt - Date.now()) / 1000));
+      view.setLoginBusy(true, `Can't reach the chat server. Retrying in ${secs} s…`);
+    } else if (status.state === "connecting") {
+      view.setLoginBusy(true, "Connecting…");
+    }
+    return;
+  }
+  view.setConnection({ ...status, everOpen });
+}
+
+function onOpen(gen) {
+  joinAll(gen);
+}
+
+async function joinAll(gen) {
+  // main first: the first userJoin fixes the connection's username and proves the session.
+  try {
+    await joinRoom(MAIN, gen);
+  } catch (err) {
+    if (!conn || gen !== conn.generation) return;
+    firstJoinFailed(err, gen);
+    return;
+  }
+  if (loggingIn) {
+    loggingIn = false;
+    view.setLoginBusy(false);
+    enterChat();
+    view.setConnection({ state: "open", everOpen: true });
+  }
+  const others = [...store.rooms.keys()].filter((name) => name !== MAIN);
+  await Promise.all(others.map((name) => joinRoom(name, gen).catch((err) => joinFailed(name, err, gen))));
+}
+
+async function joinRoom(name, gen = conn?.generation) {
+  const room = store.ensureRoom(name);
+  const since = room.historyLoaded ? store.lastConfirmedId(name) : null;
+  const data = { username: store.me, room: name };
+  if (identity?.session) data.session = identity.session;
+  if (since) data.since = since;
+  let historySeen;
+  room.recovery = since ? { since, history: new Promise((resolve) => { historySeen = resolve; }), resolve: null } : null;
+  if (room.recovery) room.recovery.resolve = historySeen;
+  room.joining = true;
+  let ack;
+  try {
+    ack = await conn.request("userJoin", data, { timeout: 15000 });
+  } finally {
+    room.joining = false;
+  }
+  if (!conn || gen !== conn.generation) throw Object.assign(new Error("stale"), { code: "offline" });
+  if (typeof ack.session === "string" && ack.session && ack.session !== identity.session) {
+    identity.session = ack.session;
+    saveIdentity();
+  } else if (!loadIdentity()) {
+    saveIdentity();
+  }
+  room.joinedGen = gen;
+  if (since && ack.recovered === false) bridgeGap(name, room.recovery, gen);
+  flushOutbox();
+  return ack;
+}
+
+function firstJoinFailed(err, gen) {
+  const code = err.code;
+  if (code === "username_taken" || code === "invalid" || code === "username_mismatch") {
+    const name = store.me;
+    const hadSession = Boolean(identity?.session);
+    endSession();
+    clearIdentity();
+    identity = null;
+    loggingIn = false;
+    const error = code === "username_taken"
+      ? errorText("username_taken", err.message, { username: name })
+      : hadSession
+        ? `Your saved name “${name}” could not be restored (the server no longer accepts its session). Please pick a name.`
+        : `The server did not accept “${name}”: ${err.message || "invalid name"}. Please pick another name.`;
+    view.showLogin({ name, error, intro: linkedRoom ? `Pick a name to join #${linkedRoom}.` : "Pick a name to start chatting." });
+    return;
+  }
+  if (code === "timeout") {
+    conn.restart("join timed out");
+    return;
+  }
+  if (code === "offline") return; // the reconnect loop will try again
+  // unavailable, internal, or anything else transient: try the join again shortly.
+  if (!loggingIn) view.notice(errorText(code, err.message), { kind: "error" });
+  else view.setLoginBusy(true, errorText(code, err.message));
+  setTimeout(() => conn && gen === conn.generation && conn.isOpen && joinAll(gen), 2000 + Math.random() * 2000);
+}
+
+function joinFailed(name, err, gen) {
+  if (!conn || gen !== conn.generation) return;
+  const code = err.code;
+  if (code === "offline") return;
+  if (code === "timeout") {
+    conn.restart("join timed out");
+    return;
+  }
+  if (code === "unavailable" || code === "internal") {
+    setTimeout(() => conn && gen === conn.generation && conn.isOpen && store.room(name) && joinRoom(name, gen).catch((e) => joinFailed(name, e, gen)), 3000 + Math.random() * 2000);
+    return;
+  }
+  view.notice(errorText(code, err.message, { room: name }), { kind: "error" });
+  if (name !== MAIN) {
+    store.removeRoom(name);
+    setUrl(store.current);
+  }
+}
+
+/**
+ * A rejoin whose `since` could not be fully recovered (too many missed, or `since` unknown):
+ * page back over HTTP from the first recovered message until we meet what we already hold.
+ * If that is too far, drop what is before the gap; scrolling up pages back through it in order.
+ */
+async function bridgeGap(name, recovery, gen) {
+  const history = await Promise.race([recovery.history, new Promise((r) => setTimeout(() => r(null), 5000))]);
+  if (!history || !history.length || !store.room(name)) return;
+  const firstNew = history[0].id;
+  let before = firstNew;
+  let collected = [];
+  try {
+    for (let page = 0; page < GAP_PAGES; page += 1) {
+      const msgs = await fetchMessages(name, { before, limit: GAP_PAGE, session: identity?.session });
+      if (!conn || gen !== conn.generation || !store.room(name)) return;
+      let known = -1;
+      for (let i = msgs.length - 1; i >= 0; i -= 1) {
+        if (store.hasMessage(name, msgs[i].id)) {
+          known = i;
+          break;
+        }
+      }
+      if (known >= 0) {
+        for (const m of [...msgs.slice(known + 1), ...collected]) store.addServerMessage(name, m);
+        return;
+      }
+      collected = [...msgs, ...collected];
+      if (msgs.length < GAP_PAGE || !msgs.length) break;
+      before = msgs[0].id;
+    }
+  } catch {
+    /* fall through: drop the older part rather than show a hole */
+  }
+  store.dropBefore(name, firstNew);
+  if (collected.length) store.prependOlder(name, collected, 1);
+  const room = store.room(name);
+  if (room) room.hasMore = true;
+  view.notice(`You missed a lot in ${room?.dmWith ? `your chat with ${room.dmWith}` : `#${name}`} while you were away. Scroll up to read the older messages.`);
+}
+
+// ---- server events -----------------------------------------------------------------------------
+
+function onEvent(msg) {
+  const { event, data } = msg;
+  const roomName = typeof msg.room === "string" ? msg.room : data?.room;
+  switch (event) {
+    case "msgHistory": {
+      const room = store.room(roomName);
+      if (!room || !Array.isArray(data)) return;
+      if (room.recovery?.resolve) {
+        room.recovery.resolve(data);
+        room.recovery.resolve = null;
+      }
+      store.applyHistory(roomName, data);
+      return;
+    }
+    case "activeUsers":
+      store.setUsers(roomName, data);
+      return;
+    case "userJoin":
+      store.userJoined(roomName, data?.username);
+      return;
+    case "userLeave":
+      store.userLeft(roomName, data?.username);
+      return;
+    case "userTyping":
+      store.setTyping(roomName, data?.username);
+      return;
+    case "updateChat": {
+      const result = store.addServerMessage(roomName, data);
+      if (result === "added" && roomName === store.current && data.username !== store.me) view.announceMessage(data);
+      return;
+    }
+    case "newRoom":
+      invited(data);
+      return;
+    case "error":
+      view.notice(errorText(data?.code, data?.message, { room: roomName }), { kind: "error" });
+      return;
+    default:
+      // Unknown events are ignored, so a newer server can add some.
+      return;
+  }
+}
+
+function invited(data) {
+  if (!data || typeof data.room !== "string" || !isValidRoom(data.room) || typeof data.username !== "string") return;
+  if (data.username2 !== store.me) return; // not for us (our own invitation echoed back, if ever)
+  store.addInvite(store.current, { from: data.username, room: data.room, url: typeof data.url === "string" ? data.url : "" });
+  const existing = store.room(data.room);
+  if (existing && !existing.dmWith) store.ensureRoom(data.room, { dmWith: data.username });
+  view.notice(`${data.username} invited you to a private chat. Use the “join” link in the messages.`, { kind: "info", timeout: 8000 });
+}
+
+// ---- the outbox --------------------------------------------------------------------------------
+
+function scheduleFlush(ms) {
+  clearTimeout(flushTimer);
+  flushTimer = setTimeout(flushOutbox, Math.max(50, ms));
+}
+
+/** Sends every pending message whose room is joined on this connection, in the order written. */
+function flushOutbox() {
+  if (!conn?.isOpen) return;
+  const now = Date.now();
+  if (now < outboxPausedUntil) {
+    scheduleFlush(outboxPausedUntil - now);
+    return;
+  }
+  const gen = conn.generation;
+  const blocked = new Set(); // rooms where an earlier message waits: later ones wait behind it
+  for (const item of store.outbox()) {
+    const room = store.room(item.room);
+    if (!room || room.joinedGen !== gen || blocked.has(item.room)) continue;
+    if (item.sentOn === gen) continue; // in flight on this socket
+    if (item.retryAt > now) {
+      blocked.add(item.room);
+      scheduleFlush(item.retryAt - now);
+      continue;
+    }
+    item.sentOn = gen;
+    sendOne(item, gen);
+  }
+}
+
+function sendOne(item, gen) {
+  const data = { username: store.me, body: item.body, time: item.time, room: item.room, id: item.id };
+  conn.request("updateChat", data, { timeout: 20000 }).then(
+    (stored) => {
+      store.confirm(item.room, item.id, stored);
+      persistTab();
+    },
+    (err) => {
+      if (!conn || gen !== conn.generation) return; // a new socket resends it
+      item.sentOn = -1;
+      switch (err.code) {
+        case "offline":
+          return;
+        case "timeout":
+          conn.restart("updateChat not acknowledged");
+          return;
+        case "rate_limited":
+          outboxPausedUntil = Date.now() + 1200;
+          view.notice(errorText("rate_limited"), { kind: "error", timeout: 5000 });
+          scheduleFlush(1200);
+          return;
+        case "unavailable":
+        case "internal": {
+          item.retries = (item.retries || 0) + 1;
+          const window = Math.min(30000, 1000 * 2 ** item.retries);
+          item.retryAt = Date.now() + window / 2 + Math.random() * (window / 2);
+          view.notice(errorText(err.code, err.message), { kind: "error" });
+          scheduleFlush(item.retryAt - Date.now());
+          return;
+        }
+        case "not_joined": {
+          const room = store.room(item.room);
+          if (!room) return;
+          room.joinedGen = -1;
+          joinRoom(item.room, gen).catch((e) => joinFailed(item.room, e, gen));
+          return;
+        }
+        default:
+          store.setOutgoing(item.room, item.id, { status: "failed", error: errorText(err.code, err.message, { room: item.room }) });
+          view.notice(errorText(err.code, err.message, { room: item.room }), { kind: "error" });
+      }
+    },
+  );
+}
+
+// ---- history paging ----------------------------------------------------------------------------
+
+async function loadOlder() {
+  const room = store.currentRoom();
+  if (room.loadingOlder || room.hasMore !== true || !identity?.session) return;
+  const before = store.oldestConfirmedId(room.name);
+  if (!before) return;
+  room.loadingOlder = true;
+  store.touch("messages", room.name);
+  try {
+    const msgs = await fetchMessages(room.name, { before, limit: PAGE, session: identity.session });
+    store.prependOlder(room.name, msgs, PAGE);
+  } catch (err) {
+    olderCooldownUntil = Date.now() + 10000;
+    const detail = err.code === "network" ? errorText("network") : err.message;
+    view.notice(`Could not load older messages: ${detail}`, { kind: "error" });
+  } finally {
+    room.loadingOlder = false;
+    store.touch("messages", room.name);
+  }
+}
+
+function maybeFillViewport() {
+  const room = store.currentRoom();
+  const s = view.el.scroller;
+  if (room.hasMore === true && !room.loadingOlder && Date.now() > olderCooldownUntil && s.scrollHeight <= s.clientHeight + 40) loadOlder();
+}
+
+// ---- user actions ------------------------------------------------------------------------------
+
+const handlers = {
+  login(name) {
+    const problem = usernameProblem(name);
+    if (problem) {
+      view.setLoginError(problem);
+      view.el["name-input"].focus();
+      return;
+    }
+    identity = { username: name, session: null };
+    loggingIn = true;
+    view.setLoginError(null);
+    view.setLoginBusy(true, "Connecting…");
+    beginSession(name);
+  },
+
+  send(text) {
+    const { body, problem } = checkBody(text);
+    if (problem === "empty") return false;
+    if (problem) {
+      view.setComposerError(problem);
+      return false;
+    }
+    view.setComposerError(null);
+    store.addPending(store.current, { id: clientId(), body, time: Date.now() });
+    lastTypingSent.delete(store.current);
+    flushOutbox();
+    return true;
+  },
+
+  typing() {
+    const name = store.current;
+    const room = store.room(name);
+    if (!conn?.isOpen || !room || room.joinedGen !== conn.generation) return;
+    const now = Date.now();
+    if (now - (lastTypingSent.get(name) || 0) < TYPING_EVERY_MS) return;
+    lastTypingSent.set(name, now);
+    conn.request("userTyping", { username: store.me, room: name }, { timeout: 10000 }).catch(() => {});
+  },
+
+  selectRoom(name) {
+    if (store.room(name)) switchTo(name);
+  },
+
+  async startDm(user) {
+    if (user === store.me) {
+      view.notice("That's you! Pick someone else to start a private chat.");
+      return;
+    }
+    if (!conn?.isOpen) {
+      view.notice("You're offline right now. Try again once the connection is back.", { kind: "error" });
+      return;
+    }
+    const existing = store.dmRoomWith(user);
+    if (existing) {
+      switchTo(existing.name);
+      if (!existing.users.includes(user)) invite(user, existing.name, { again: true });
+      return;
+    }
+    const previous = store.current;
+    for (let attempt = 0; attempt < 2; attempt += 1) {
+      const name = dmRoomName(store.me, user);
+      store.ensureRoom(name, { dmWith: user });
+      switchTo(name);
+      const gen = conn.generation;
+      try {
+        await joinRoom(name, gen);
+      } catch (err) {
+        joinFailed(name, err, gen);
+        if (store.current === MAIN && previous !== MAIN && store.room(previous)) switchTo(previous);
+        return;
+      }
+      const result = await invite(user, name, { quiet: true });
+      if (result === "ok") return;
+      // Refused: the room is of no use, leave it.
+      conn?.request("userLeave", { room: name }).catch(() => {});
+      store.removeRoom(name);
+      switchTo(store.room(previous) ? previous : MAIN);
+      if (result === "room_exists" && attempt === 0) continue;
+      return;
+    }
+  },
+
+  joinInvite(room, from) {
+    if (!isValidRoom(room)) return;
+    store.ensureRoom(room, { dmWith: from && from !== store.me ? from : undefined });
+    switchTo(room);
+    const r = store.room(room);
+    if (!conn?.isOpen) {
+      view.notice("You're offline; you will join when the connection is back.");
+      return;
+    }
+    if (r.joinedGen === conn.generation || r.joining) return;
+    const gen = conn.generation;
+    joinRoom(room, gen).catch((err) => joinFailed(room, err, gen));
+  },
+
+  loadOlder() {
+    olderCooldownUntil = 0;
+    loadOlder();
+  },
+
+  nearTop() {
+    if (Date.now() > olderCooldownUntil) loadOlder();
+  },
+
+  leaveRoom() {
+    const name = store.current;
+    if (name === MAIN) return;
+    if (conn?.isOpen) conn.request("userLeave", { room: name }).catch(() => {});
+    store.removeRoom(name);
+    switchTo(MAIN);
+  },
+
+  retry(room, id) {
+    store.setOutgoing(room, id, { status: "pending", error: null, sentOn: -1, retryAt: 0, retries: 0 });
+    flushOutbox();
+  },
+
+  discard(room, id) {
+    store.discard(room, id);
+  },
+
+  switchName() {
+    const unsent = store.unsent().length;
+    if (unsent && !window.confirm(`${unsent} message(s) not sent yet will be lost. Switch name anyway?`)) return;
+    endSession();
+    clearIdentity();
+    identity = null;
+    loggingIn = false;
+    store = new Store();
+    view.showLogin({ name: "", error: null, intro: "Pick a name to start chatting." });
+  },
+
+  reconnectNow() {
+    conn?.reconnectNow();
+  },
+};
+
+async function invite(user, room, { again = false, quiet = false } = {}) {
+  try {
+    await conn.request("newRoom", { username2: user, room }, { timeout: 15000 });
+    view.notice(again ? `Invitation sent to ${user} again.` : `Invitation sent to ${user}. They'll get a link to join.`, { kind: "success" });
+    return "ok";
+  } catch (err) {
+    if (!(quiet && err.code === "room_exists")) view.notice(errorText(err.code, err.message, { username: user, room }), { kind: "error" });
+    return err.code;
+  }
+}
+
+// ---- start -------------------------------------------------------------------------------------
+
+const view = new View(handlers);
+
+setInterval(() => store.pruneTyping(), 1000);
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && store.hiddenNew) {
+    store.hiddenNew = 0;
+    store.touch("rooms");
+  }
+});
+
+window.addEventListener("storage", (e) => {
+  // Another tab picked a name while this one waits on the name form: be the same user.
+  if (e.key !== ID_KEY || conn || loggingIn) return;
+  const other = loadIdentity();
+  if (other?.session) {
+    identity = other;
+    beginSession(identity.username);
+    enterChat();
+  }
+});
+
+window.addEventListener("pageshow", (e) => {
+  if (e.persisted) conn?.reconnectNow();
+});
+
+if (identity) {
+  beginSession(identity.username);
+  enterChat();
+  view.setConnection({ state: "connecting", everOpen: false });
+} else {
+  view.showLogin({
+    intro: linkedRoom && isValidRoom(linkedRoom) ? `You've been invited to #${linkedRoom}. Pick a name to join.` : "Pick a name to start chatting.",
+  });
+}
