@@ -5,8 +5,14 @@ Room and user names cannot contain `.`, `*` or `#`, so they are safe as routing-
 
 from __future__ import annotations
 
-HISTORY_QUEUE = "history"
-PRESENCE_QUEUE = "presence"
+def history_queue(exchange: str) -> str:
+    """The durable queue history replicas share; named after the exchange, so that several
+    deployments (or test runs) can share one broker."""
+    return f"{exchange}.history"
+
+
+def presence_queue(exchange: str) -> str:
+    return f"{exchange}.presence"
 
 
 def room_event(room: str, event: str) -> str:

@@ -85,7 +85,7 @@ class HistoryService:
 
     async def start(self) -> None:
         self._consumer = await self._bus.consume(
-            topics.HISTORY_QUEUE,
+            topics.history_queue(self._settings.exchange),
             topics.HISTORY_PATTERNS,
             self._handle,
             prefetch=512,

@@ -62,7 +62,7 @@ class PresenceService:
 
     async def start(self) -> None:
         self._consumer = await self._bus.consume(
-            topics.PRESENCE_QUEUE,
+            topics.presence_queue(self._settings.exchange),
             topics.PRESENCE_PATTERNS,
             self._handle,
             prefetch=64,

@@ -1,0 +1,95 @@
+"""Gateways, history and presence as separate processes on RabbitMQ and SecantusDB."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from roomcast.shared.secantus import SecantusServer
+from tests.servers.rabbitmq import machine_broker_url
+from tests.support.chat_client import ChatClient, RefusedError
+from tests.support.cluster import Cluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path, secantus_server: SecantusServer) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, machine_broker_url(), secantus_server.url, heartbeat_interval="1")
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest_asyncio.fixture
+async def clients() -> AsyncIterator[list[ChatClient]]:
+    opened: list[ChatClient] = []
+    yield opened
+    for client in opened:
+        await client.close()
+
+
+async def _open(clients: list[ChatClient], url: str) -> ChatClient:
+    client = await ChatClient.connect(url)
+    clients.append(client)
+    return client
+
+
+async def test_clients_on_different_gateways_see_each_other(cluster, clients):
+    await cluster.start("history")
+    await cluster.start("presence")
+    gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
+    alice = await _open(clients, gw1.ws)
+    bob = await _open(clients, gw2.ws)
+    await alice.join("alice")
+    await bob.join("bob")
+    await alice.users("main", ["alice", "bob"])
+    assert (await alice.event("userJoin", "main"))["data"]["username"] == "bob"
+    await bob.request("userTyping", {"username": "bob", "room": "main"})
+    assert (await alice.event("userTyping", "main"))["data"]["username"] == "bob"
+    sent = await alice.say("main", "across gateways", id="xgw-000001")
+    assert (await bob.event("updateChat", "main"))["data"] == sent
+    # invitations and private rooms across gateways
+    await alice.join("alice", room="dm-ab")
+    await alice.request("newRoom", {"username2": "bob", "room": "dm-ab"})
+    invite = await bob.event("newRoom")
+    assert invite["data"]["room"] == "dm-ab"
+    await bob.join("bob", room="dm-ab")
+    carol = await _open(clients, gw2.ws)
+    await carol.join("carol")
+    with pytest.raises(RefusedError) as err:
+        await carol.join("carol", room="dm-ab")
+    assert err.value.code == "room_private"
+    # a later joiner on a third gateway gets the history
+    gw3 = await cluster.start("gateway")
+    dave = await _open(clients, gw3.ws)
+    await dave.join("dave")
+    history = dave.received("msgHistory", "main")[0]["data"]
+    assert [m["id"] for m in history] == ["xgw-000001"]
+    await bob.request("userLeave", {"room": "main"})
+    assert (await alice.event("userLeave", "main"))["data"]["username"] == "bob"
+
+
+async def test_killed_gateway_leaves_presence_within_ten_seconds(tmp_path, secantus_server, clients):
+    cluster = Cluster(tmp_path, machine_broker_url(), secantus_server.url)  # default heartbeats
+    try:
+        await cluster.start("history")
+        await cluster.start("presence")
+        gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
+        alice = await _open(clients, gw1.ws)
+        bob = await _open(clients, gw2.ws)
+        await alice.join("alice")
+        await bob.join("bob")
+        await alice.users("main", ["alice", "bob"])
+        gw2.signal(signal.SIGKILL)
+        left = await alice.event("userLeave", "main", timeout=10)
+        assert left["data"]["username"] == "bob"
+        await alice.users("main", ["alice"], timeout=1)
+    finally:
+        await cluster.close()
