@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
 from roomcast.shared.secantus import SecantusServer
+
 from tests.servers.rabbitmq import machine_broker_url
 from tests.support.chat_client import ChatClient, RefusedError
+from tests.support.checks import assert_no_gap_no_duplicate
 from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,9 @@ async def test_clients_on_different_gateways_see_each_other(cluster, clients):
     assert (await alice.event("userLeave", "main"))["data"]["username"] == "bob"
 
 
-async def test_killed_gateway_leaves_presence_within_ten_seconds(tmp_path, secantus_server, clients):
+async def test_killed_gateway_leaves_presence_within_ten_seconds(
+    tmp_path, secantus_server, clients
+):
     cluster = Cluster(tmp_path, machine_broker_url(), secantus_server.url)  # default heartbeats
     try:
         await cluster.start("history")
@@ -91,5 +94,47 @@ async def test_killed_gateway_leaves_presence_within_ten_seconds(tmp_path, secan
         left = await alice.event("userLeave", "main", timeout=10)
         assert left["data"]["username"] == "bob"
         await alice.users("main", ["alice"], timeout=1)
+    finally:
+        await cluster.close()
+
+
+async def test_no_gap_join_across_gateways(tmp_path, secantus_server, clients):
+    cluster = Cluster(
+        tmp_path,
+        machine_broker_url(),
+        secantus_server.url,
+        rate_per_second="1000",
+        rate_burst="1000",
+    )
+    try:
+        await cluster.start("history")
+        await cluster.start("presence")
+        gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
+        senders = [await _open(clients, gw1.ws) for _ in range(2)]
+        for i, sender in enumerate(senders):
+            await sender.join(f"sender{i}")
+        stop = asyncio.Event()
+        sent: dict[str, list[str]] = {}
+
+        async def send_loop(i: int) -> None:
+            n = 0
+            while not stop.is_set():
+                sent.setdefault(f"s{i}", []).append(
+                    (await senders[i].say("main", f"s{i}-{n}"))["id"]
+                )
+                n += 1
+
+        loops = [asyncio.create_task(send_loop(i)) for i in range(2)]
+        joiners = []
+        for j in range(5):
+            await asyncio.sleep(0.05)
+            joiner = await _open(clients, gw2.ws)
+            await joiner.join(f"joiner{j}")
+            joiners.append(joiner)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*loops)
+        for joiner in joiners:
+            await assert_no_gap_no_duplicate(joiner, sent)
     finally:
         await cluster.close()

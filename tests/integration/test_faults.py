@@ -13,8 +13,8 @@ import httpx
 import pytest
 import pytest_asyncio
 import websockets
-
 from roomcast.shared.secantus import SecantusServer
+
 from tests.servers.rabbitmq import PrivateRabbitNode, machine_broker_url
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.cluster import Cluster

@@ -119,14 +119,17 @@ class ChatClient:
     async def users(self, room: str, expected: list[str], *, timeout: float = 10) -> Frame:
         """Wait for an `activeUsers` of the room equal to `expected`."""
         return await self.wait_for(
-            lambda f: f["event"] == "activeUsers" and f.get("room") == room
-            and f["data"] == expected,
+            lambda f: (
+                f["event"] == "activeUsers" and f.get("room") == room and f["data"] == expected
+            ),
             timeout=timeout,
         )
 
     def received(self, event: str, room: str | None = None) -> list[Frame]:
         return [
-            f for f in self.frames if f["event"] == event and (room is None or f.get("room") == room)
+            f
+            for f in self.frames
+            if f["event"] == event and (room is None or f.get("room") == room)
         ]
 
     async def settle(self, seconds: float = 0.3) -> None:

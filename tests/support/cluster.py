@@ -8,6 +8,7 @@ machine's RabbitMQ without seeing each other; `close()` deletes what it declared
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,10 +68,10 @@ class ServiceProcess:
 
     async def wait(self, timeout: float = 30) -> int:
         assert self.process is not None
-        async with asyncio.timeout(timeout):
-            while self.process.poll() is None:
-                await asyncio.sleep(0.05)
-        return self.process.returncode
+        try:
+            return await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"{self.kind} still running after {timeout:g}s") from exc
 
     async def stop(self) -> int:
         """SIGTERM, then SIGKILL if it does not exit within its drain time."""
@@ -132,12 +133,8 @@ async def delete_topology(amqp_url: str, exchange: str) -> None:
     async with connection:
         for name in (f"{exchange}.history", f"{exchange}.presence"):
             channel = await connection.channel()
-            try:
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(name)
-            except aio_pika.exceptions.AMQPError:
-                pass
         channel = await connection.channel()
-        try:
+        with contextlib.suppress(aio_pika.exceptions.AMQPError):
             await channel.exchange_delete(exchange)
-        except aio_pika.exceptions.AMQPError:
-            pass

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from hypercorn.asyncio import serve
-
 from roomcast.gateway.compression import set_websocket_compression
-from roomcast.runtime import Embedded, _hypercorn, embedded
 from roomcast.shared.config import Settings, load_settings
 from roomcast.shared.sessions import SessionSigner
 from roomcast.shared.store.memory import InMemoryMessageStore, InMemoryRoomStore
+
+from roomcast.runtime import Embedded, _hypercorn, embedded
 
 from .ports import free_port
 
@@ -46,7 +46,14 @@ async def running(**overrides: Any) -> AsyncIterator[Server]:
         )
         try:
             await _until_listening(port)
-            yield Server(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", system, messages, rooms, settings)
+            yield Server(
+                f"ws://127.0.0.1:{port}",
+                f"http://127.0.0.1:{port}",
+                system,
+                messages,
+                rooms,
+                settings,
+            )
         finally:
             await system.gateway.drain()
             stop.set()

@@ -117,7 +117,9 @@ async def test_username_mismatch(connect):
         await alice.request("userJoin", {"username": "mallory", "room": "other"})
     assert err.value.code == "username_mismatch"
     with pytest.raises(RefusedError) as err:
-        await alice.request("updateChat", {"username": "bob", "body": "x", "time": 0, "room": "main"})
+        await alice.request(
+            "updateChat", {"username": "bob", "body": "x", "time": 0, "room": "main"}
+        )
     assert err.value.code == "username_mismatch"
 
 

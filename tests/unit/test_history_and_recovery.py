@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
+
+from tests.support.checks import assert_no_gap_no_duplicate
 
 pytestmark = pytest.mark.unit
 
@@ -55,13 +56,13 @@ async def test_joiners_see_every_message_exactly_once_while_others_send(connect)
     for i, sender in enumerate(senders):
         await sender.join(f"sender{i}")
     stop = asyncio.Event()
-    sent: list[str] = []
+    sent: dict[str, list[str]] = {}
 
     async def send_loop(i: int) -> None:
         n = 0
         while not stop.is_set():
             ack = await senders[i].say("main", f"s{i}-{n}")
-            sent.append(ack["id"])
+            sent.setdefault(f"s{i}", []).append(ack["id"])
             n += 1
 
     loops = [asyncio.create_task(send_loop(i)) for i in range(3)]
@@ -75,34 +76,4 @@ async def test_joiners_see_every_message_exactly_once_while_others_send(connect)
     stop.set()
     await asyncio.gather(*loops)
     for joiner in joiners:
-        history = [m["id"] for m in joiner.received("msgHistory", "main")[0]["data"]]
-        # everything before the joiner's history is in it (or older than its 50): the live part
-        # must continue it with no gap and no duplicate
-        await joiner.wait_for(lambda f: f["event"] == "updateChat" and f["data"]["id"] == sent[-1])
-        live = [f["data"]["id"] for f in joiner.received("updateChat", "main")]
-        seen = history + live
-        assert len(seen) == len(set(seen)), "a message arrived twice"
-        start = sent.index(seen[0])
-        assert seen == sent[start:], "a message is missing between history and live"
-
-
-@pytest.mark.settings(rate_burst=200)
-async def test_http_history_pages_back_with_before(connect, server):
-    alice = await connect()
-    await alice.join("alice")
-    ids = [(await alice.say("main", f"p{i}"))["id"] for i in range(120)]
-    async with httpx.AsyncClient(base_url=server.http) as http:
-        page = (await http.get("/api/rooms/main/messages")).json()["messages"]
-        assert [m["id"] for m in page] == ids[-50:]
-        collected = [m["id"] for m in page]
-        while True:
-            response = await http.get(
-                "/api/rooms/main/messages", params={"before": collected[0], "limit": 30}
-            )
-            older = response.json()["messages"]
-            if not older:
-                break
-            collected = [m["id"] for m in older] + collected
-        assert collected == ids
-        users = await http.get("/api/rooms/main/users")
-        assert users.json() == {"users": ["alice"]}
+        await assert_no_gap_no_duplicate(joiner, sent)

@@ -27,7 +27,10 @@ async def test_invitation_reaches_every_connection_of_the_invitee(connect):
     for client in (bob, bob_tab):
         invite = await client.event("newRoom")
         assert invite["data"] == {
-            "username": "alice", "username2": "bob", "room": "dm1", "url": "/?room=dm1"
+            "username": "alice",
+            "username2": "bob",
+            "room": "dm1",
+            "url": "/?room=dm1",
         }
         assert "room" not in invite
     await bob.join("bob", room="dm1")
@@ -50,7 +53,7 @@ async def test_invited_pair_chats_privately(connect):
 
 
 async def test_offline_invitee_and_main_and_busy_rooms_are_refused(connect):
-    alice, bob = await _pair(connect)
+    alice, _bob = await _pair(connect)
     with pytest.raises(RefusedError) as err:
         await alice.request("newRoom", {"username2": "nobody", "room": "dm1"})
     assert err.value.code == "user_offline"
@@ -67,7 +70,7 @@ async def test_offline_invitee_and_main_and_busy_rooms_are_refused(connect):
 
 
 async def test_room_private_to_another_pair_is_refused(connect):
-    alice, bob = await _pair(connect)
+    alice, _bob = await _pair(connect)
     carol = await connect()
     await carol.join("carol")
     await alice.request("newRoom", {"username2": "bob", "room": "dm1"})

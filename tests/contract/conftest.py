@@ -1,0 +1,76 @@
+"""Fixtures of the bus contract suite: the same test bodies run on InMemoryBus (`unit`) and on
+RabbitBus against the machine's broker (`integration`).
+
+Every test gets its own exchange and queue names (uuid), so tests never see each other's
+traffic, and on RabbitMQ its queues and exchange are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aio_pika
+import pytest
+from roomcast.shared.bus import Bus, InMemoryBus
+from roomcast.shared.bus.rabbit import RabbitBus
+
+from tests.servers import PrivateRabbitNode, machine_broker_url
+
+
+@dataclass
+class BusEnv:
+    """One test's bus and the unique names it uses."""
+
+    kind: str
+    bus: Bus
+    exchange: str
+    queues: list[str] = field(default_factory=list)
+
+    def queue(self, label: str = "q") -> str:
+        name = f"{self.exchange}.{label}.{uuid.uuid4().hex[:8]}"
+        self.queues.append(name)
+        return name
+
+
+async def delete_rabbit_names(url: str, exchange: str, queues: list[str]) -> None:
+    """Remove what a test declared, with a plain connection of its own."""
+    connection = await aio_pika.connect(url, client_properties={"connection_name": "test-cleanup"})
+    async with connection:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(exchange)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", marks=pytest.mark.unit),
+        pytest.param("rabbit", marks=pytest.mark.integration),
+    ]
+)
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[BusEnv]:
+    exchange = f"test-{uuid.uuid4().hex[:12]}"
+    bus: Bus
+    url = ""
+    if request.param == "memory":
+        bus = InMemoryBus(name=exchange)
+    else:
+        url = machine_broker_url()
+        bus = RabbitBus(url, exchange=exchange, name=f"contract-{request.node.name}")
+    await bus.connect()
+    test_env = BusEnv(request.param, bus, exchange)
+    try:
+        yield test_env
+    finally:
+        await bus.close()
+        if url:
+            await delete_rabbit_names(url, exchange, test_env.queues)
+
+
+@pytest.fixture
+async def private_rabbit() -> AsyncIterator[PrivateRabbitNode]:
+    """A RabbitMQ node of the test's own, which it may restart; stopped and deleted afterwards."""
+    async with PrivateRabbitNode() as node:
+        yield node
