@@ -469,6 +469,7 @@ async def test_rabbit_bus_survives_a_broker_restart(private_rabbit: PrivateRabbi
     there, and subscriptions, consumers, publish and request/reply all work again."""
     bus = RabbitBus(private_rabbit.url, exchange="restart", name="restart-test", confirm_timeout=2)
     late = RabbitBus(private_rabbit.url, exchange="restart", name="late-starter")
+    late_connect: asyncio.Task[None] | None = None
     await bus.connect()
     try:
         assert "restart-test" in private_rabbit.ctl("list_connections", "client_properties")
@@ -529,5 +530,8 @@ async def test_rabbit_bus_survives_a_broker_restart(private_rabbit: PrivateRabbi
 
         await eventually(round_trip, "request/reply after restart")
     finally:
+        if late_connect is not None:
+            late_connect.cancel()
+            await asyncio.gather(late_connect, return_exceptions=True)
         await late.close()
         await bus.close()
