@@ -23,7 +23,7 @@ from roomcast.shared.frames import encode_event, error_data
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.sessions import SessionSigner, session_hash
 
-from .connection import CLOSE_RESTART, Connection
+from .connection import CLOSE_RESTART, Close, Connection, Send
 from .metrics import CONNECTIONS, ERRORS, FRAMES_IN
 from .protocol import (
     ChatData,
@@ -71,17 +71,18 @@ class ChatGateway:
         self._heartbeat = asyncio.create_task(self._beat(), name="gateway-heartbeat")
 
     async def drain(self) -> None:
-        """Close every socket with 1012 (clients reconnect elsewhere) and leave presence."""
+        """Close every socket with 1012 (clients reconnect elsewhere) and leave presence, all
+        within `drain_seconds`."""
         self.draining = True
         for conn in list(self.registry.connections):
             conn.close_soon(CLOSE_RESTART)
-        if self.registry.connections:
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.drain_seconds):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.drain_seconds):
+                if self.registry.connections:
+                    self._idle.clear()
                     await self._idle.wait()
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=self.settings.drain_seconds)
+                if self._background:
+                    await asyncio.wait(set(self._background))
         with contextlib.suppress(BusUnavailableError):
             await self.bus.publish(
                 topics.presence_request("gone"), rpc.encode(rpc.GatewayGone(gateway=self.id))
@@ -96,10 +97,10 @@ class ChatGateway:
             with contextlib.suppress(Exception):
                 await self._subscription.close()
 
-    def open(self, send: object, close: object, *, batch: bool) -> Connection:
+    def open(self, send: Send, close: Close, *, batch: bool) -> Connection:
         conn = Connection(
-            send,  # type: ignore[arg-type]
-            close,  # type: ignore[arg-type]
+            send,
+            close,
             batch=batch,
             queue_limit=self.settings.send_queue_frames,
             tick=self.settings.batch_tick_ms / 1000,
