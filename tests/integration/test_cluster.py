@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from roomcast.shared.secantus import SecantusServer
 
+from roomcast.shared.secantus import SecantusServer
 from tests.servers.rabbitmq import machine_broker_url
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.checks import assert_no_gap_no_duplicate

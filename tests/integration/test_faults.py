@@ -9,15 +9,14 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 import pytest_asyncio
-import websockets
-from roomcast.shared.secantus import SecantusServer
 
+from roomcast.shared.secantus import SecantusServer
 from tests.servers.rabbitmq import PrivateRabbitNode, machine_broker_url
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.cluster import Cluster
+from tests.support.traffic import all_messages, chatter, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -46,31 +45,6 @@ async def _open(clients: list[ChatClient], url: str) -> ChatClient:
     return client
 
 
-async def _all_messages(http_base: str, room: str = "main") -> list[dict]:
-    """The room's whole history over the HTTP API, oldest first."""
-    async with httpx.AsyncClient(base_url=http_base, timeout=10) as http:
-        page = (await http.get(f"/api/rooms/{room}/messages", params={"limit": 200})).json()
-        messages = page["messages"]
-        while page["messages"]:
-            page = (
-                await http.get(
-                    f"/api/rooms/{room}/messages",
-                    params={"limit": 200, "before": messages[0]["id"]},
-                )
-            ).json()
-            messages = page["messages"] + messages
-        return messages
-
-
-async def _eventually(check, timeout: float = 20):
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                return await check()
-            except (AssertionError, httpx.HTTPError):
-                await asyncio.sleep(0.2)
-
-
 async def test_messages_acked_while_history_is_down_are_stored_when_it_returns(cluster, clients):
     history = await cluster.start("history")
     await cluster.start("presence")
@@ -86,9 +60,9 @@ async def test_messages_acked_while_history_is_down_are_stored_when_it_returns(c
     await cluster.restart(history)
 
     async def stored() -> None:
-        assert [m["id"] for m in await _all_messages(gw.http)] == acked
+        assert [m["id"] for m in await all_messages(gw.http)] == acked
 
-    await _eventually(stored)
+    await eventually(stored)
 
 
 async def test_presence_restart_and_failover_rebuild_active_users(cluster, clients):
@@ -141,41 +115,6 @@ async def test_sigterm_closes_sockets_with_1012_and_leaves_presence(cluster, cli
     assert await gw2.wait() == 0
 
 
-async def _chatter(name: str, urls: list[str], stop: asyncio.Event, acked: dict[str, str]) -> None:
-    """A client that keeps chatting across gateway restarts: it reconnects to the next gateway,
-    rejoins with its session and `since`, and re-sends what was not acknowledged, with the same
-    id."""
-    session: str | None = None
-    pending: list[str] = []
-    n = 0
-    turn = 0
-    while not stop.is_set():
-        url = urls[turn % len(urls)]
-        turn += 1
-        try:
-            client = await ChatClient.connect(url)
-        except OSError:
-            await asyncio.sleep(0.2)
-            continue
-        try:
-            extra = {"session": session} if session else {}
-            await client.join(name, **extra)
-            session = client.session
-            while not stop.is_set():
-                if not pending:
-                    pending.append(f"{name}-{n:05d}")
-                    n += 1
-                message_id = pending[0]
-                ack = await client.say("main", f"body of {message_id}", id=message_id)
-                acked[message_id] = ack["id"]
-                pending.pop(0)
-                await asyncio.sleep(0.05)
-        except (ConnectionError, RefusedError, websockets.ConnectionClosed, TimeoutError):
-            await asyncio.sleep(0.1)
-        finally:
-            await client.close()
-
-
 async def test_rolling_restart_loses_no_acknowledged_message(cluster):
     await cluster.start("history")
     await cluster.start("presence")
@@ -184,7 +123,7 @@ async def test_rolling_restart_loses_no_acknowledged_message(cluster):
     stop = asyncio.Event()
     acked: dict[str, str] = {}
     chatters = [
-        asyncio.create_task(_chatter(f"user{i}", urls[i % 2 :] + urls[: i % 2], stop, acked))
+        asyncio.create_task(chatter(f"user{i}", urls[i % 2 :] + urls[: i % 2], stop, acked))
         for i in range(4)
     ]
     await asyncio.sleep(1)
@@ -198,12 +137,12 @@ async def test_rolling_restart_loses_no_acknowledged_message(cluster):
     assert len(acked) > 20
 
     async def complete() -> None:
-        stored = [m["id"] for m in await _all_messages(gateways[0].http)]
+        stored = [m["id"] for m in await all_messages(gateways[0].http)]
         assert len(stored) == len(set(stored)), "a message was stored twice"
         missing = set(acked) - set(stored)
         assert not missing, f"acknowledged but not stored: {sorted(missing)[:5]}"
 
-    await _eventually(complete)
+    await eventually(complete)
 
 
 async def test_acked_message_survives_a_broker_restart_and_gateways_recover(
@@ -231,12 +170,12 @@ async def test_acked_message_survives_a_broker_restart_and_gateways_recover(
                     raise AssertionError(exc.code) from exc
                 assert ack["body"] == "after the restart"
 
-            await _eventually(chat_again, timeout=60)
+            await eventually(chat_again, timeout=60)
 
             async def stored() -> None:
-                ids = [m["id"] for m in await _all_messages(gw2.http)]
+                ids = [m["id"] for m in await all_messages(gw2.http)]
                 assert before["id"] in ids
 
-            await _eventually(stored, timeout=60)
+            await eventually(stored, timeout=60)
         finally:
             await cluster.close()

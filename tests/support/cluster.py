@@ -25,9 +25,12 @@ SECRET = "integration-secret-0123456789"
 
 
 class ServiceProcess:
-    def __init__(self, kind: str, port: int, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, kind: str, port: int, env: dict[str, str], log: Path, args: list[str] | None = None
+    ) -> None:
         self.kind, self.port, self.log = kind, port, log
         self._env = env
+        self._args = args or [kind, "--port", str(port)]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +44,7 @@ class ServiceProcess:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "roomcast", self.kind, "--port", str(self.port)],
+                [sys.executable, "-m", "roomcast", *self._args],
                 env=self._env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -106,9 +109,20 @@ class Cluster:
         }
         self.processes: list[ServiceProcess] = []
 
-    async def start(self, kind: str, *, ready: bool = True) -> ServiceProcess:
-        port = free_port()
-        service = ServiceProcess(kind, port, self.env, self.workdir / f"{kind}-{port}.log")
+    async def start(
+        self,
+        kind: str,
+        *,
+        ready: bool = True,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> ServiceProcess:
+        """Start `roomcast KIND --port P`, or `roomcast ARGS` with `env` instead of the
+        cluster's own environment."""
+        port = port or free_port()
+        log = self.workdir / f"{kind}-{port}.log"
+        service = ServiceProcess(kind, port, env or self.env, log, args)
         service.start()
         self.processes.append(service)
         if ready:

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from hypercorn.asyncio import serve
+
 from roomcast.gateway.compression import set_websocket_compression
+from roomcast.runtime import Embedded, _hypercorn, embedded
 from roomcast.shared.config import Settings, load_settings
 from roomcast.shared.sessions import SessionSigner
 from roomcast.shared.store.memory import InMemoryMessageStore, InMemoryRoomStore
-
-from roomcast.runtime import Embedded, _hypercorn, embedded
 
 from .ports import free_port
 
