@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import ValidationError
-from quart import Quart, Response, abort, send_file, websocket
+from quart import Quart, Response, abort, request, send_file, websocket
 from quart_schema import QuartSchema, RequestSchemaValidationError
+
 from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.ops import Check, add_ops_routes
 from roomcast.shared.rpc import RemoteError
@@ -48,6 +49,10 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.path.startswith("/static/"):
+            # modules must not mix versions across a deploy: revalidate (ETag) every time
+            response.cache_control.no_cache = True
+            response.cache_control.max_age = None
         return response
 
     @app.get("/")
@@ -69,8 +74,13 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
         conn = gateway.open(
             websocket.send, websocket.close, batch=websocket.args.get("batch") == "1"
         )
+
+        async def receive() -> str | bytes:
+            data = await websocket.receive()
+            return b"" if data is None else data  # Quart gives None for an empty binary frame
+
         try:
-            await conn.serve(websocket.receive, gateway.on_frame, gateway.settings.max_frame_bytes)
+            await conn.serve(receive, gateway.on_frame, gateway.settings.max_frame_bytes)
         finally:
             gateway.closed_soon(conn)
 

@@ -13,6 +13,8 @@ const TYPING_EVERY_MS = 2000;
 const PAGE = 50;
 const GAP_PAGE = 200;
 const GAP_PAGES = 5;
+const KEEP_MAX = 2000; // messages kept per room before the oldest are trimmed
+const KEEP_AFTER_TRIM = 1500;
 
 let store = new Store();
 let identity = loadIdentity();
@@ -26,8 +28,10 @@ let persistTimer = null;
 const lastTypingSent = new Map();
 let olderCooldownUntil = 0;
 
-const params = new URLSearchParams(location.search);
-const linkedRoom = params.get("room");
+/** The room named by `/?room=ROOM` in the address bar, if any. */
+function linkedRoomParam() {
+  return new URLSearchParams(location.search).get("room");
+}
 
 // ---- storage -----------------------------------------------------------------------------------
 
@@ -61,16 +65,18 @@ function clearIdentity() {
   }
 }
 
-function persistTab() {
+function persistTab(now = false) {
   clearTimeout(persistTimer);
-  persistTimer = setTimeout(() => {
+  const write = () => {
     if (!store.me) return;
     try {
       sessionStorage.setItem(TAB_KEY, JSON.stringify({ username: store.me, ...store.snapshot() }));
     } catch {
       /* ignore */
     }
-  }, 100);
+  };
+  if (now) write();
+  else persistTimer = setTimeout(write, 100);
 }
 
 function restoreTab() {
@@ -102,10 +108,20 @@ function scheduleRender() {
     if (document.body.classList.contains("in-chat")) {
       view.render(store, store.takeDirty());
       maybeFillViewport();
+      trimRooms();
     }
   };
   if (document.hidden) setTimeout(run, 200);
   else requestAnimationFrame(run);
+}
+
+function trimRooms() {
+  for (const room of store.rooms.values()) {
+    if (room.items.length <= KEEP_MAX || room.loadingOlder) continue;
+    // The room in view is trimmed only while its reader follows the bottom.
+    if (room.name === store.current && !view.isFollowingBottom()) continue;
+    store.trimOldest(room.name, KEEP_AFTER_TRIM);
+  }
 }
 
 function subscribeStore() {
@@ -125,7 +141,7 @@ function switchTo(room) {
   setUrl(room);
   view.setComposerError(null);
   view.forceBottom = true;
-  persistTab();
+  persistTab(true);
 }
 
 // ---- session and connection --------------------------------------------------------------------
@@ -140,6 +156,7 @@ function beginSession(username) {
   store.me = username;
   store.ensureRoom(MAIN);
   restoreTab();
+  const linkedRoom = linkedRoomParam();
   if (linkedRoom) {
     if (isValidRoom(linkedRoom)) {
       store.ensureRoom(linkedRoom);
@@ -208,6 +225,7 @@ async function joinAll(gen) {
 }
 
 async function joinRoom(name, gen = conn?.generation) {
+  if (!conn?.isOpen) throw Object.assign(new Error("not connected"), { code: "offline" });
   const room = store.ensureRoom(name);
   const since = room.historyLoaded ? store.lastConfirmedId(name) : null;
   const data = { username: store.me, room: name };
@@ -250,7 +268,7 @@ function firstJoinFailed(err, gen) {
       : hadSession
         ? `Your saved name “${name}” could not be restored (the server no longer accepts its session). Please pick a name.`
         : `The server did not accept “${name}”: ${err.message || "invalid name"}. Please pick another name.`;
-    view.showLogin({ name, error, intro: linkedRoom ? `Pick a name to join #${linkedRoom}.` : "Pick a name to start chatting." });
+    view.showLogin({ name, error, intro: loginIntro() });
     return;
   }
   if (code === "timeout") {
@@ -306,7 +324,7 @@ async function bridgeGap(name, recovery, gen) {
         }
       }
       if (known >= 0) {
-        for (const m of [...msgs.slice(known + 1), ...collected]) store.addServerMessage(name, m);
+        store.insertBefore(name, firstNew, [...msgs.slice(known + 1), ...collected]);
         return;
       }
       collected = [...msgs, ...collected];
@@ -374,7 +392,7 @@ function invited(data) {
   store.addInvite(store.current, { from: data.username, room: data.room, url: typeof data.url === "string" ? data.url : "" });
   const existing = store.room(data.room);
   if (existing && !existing.dmWith) store.ensureRoom(data.room, { dmWith: data.username });
-  view.notice(`${data.username} invited you to a private chat. Use the “join” link in the messages.`, { kind: "info", timeout: 8000 });
+  view.notice(`${data.username} wants to chat with you privately: see the invitation in the messages.`, { kind: "info", timeout: 8000 });
 }
 
 // ---- the outbox --------------------------------------------------------------------------------
@@ -613,7 +631,8 @@ const handlers = {
     identity = null;
     loggingIn = false;
     store = new Store();
-    view.showLogin({ name: "", error: null, intro: "Pick a name to start chatting." });
+    setUrl(MAIN);
+    view.showLogin({ name: "", error: null, intro: loginIntro() });
   },
 
   reconnectNow() {
@@ -624,12 +643,17 @@ const handlers = {
 async function invite(user, room, { again = false, quiet = false } = {}) {
   try {
     await conn.request("newRoom", { username2: user, room }, { timeout: 15000 });
-    view.notice(again ? `Invitation sent to ${user} again.` : `Invitation sent to ${user}. They'll get a link to join.`, { kind: "success" });
+    view.notice(again ? `Invitation sent to ${user} again.` : `Invitation sent to ${user}.`, { kind: "success" });
     return "ok";
   } catch (err) {
     if (!(quiet && err.code === "room_exists")) view.notice(errorText(err.code, err.message, { username: user, room }), { kind: "error" });
     return err.code;
   }
+}
+
+function loginIntro() {
+  const room = linkedRoomParam();
+  return room && isValidRoom(room) && room !== MAIN ? `You've been invited to #${room}. Pick a name to join.` : "Pick a name to start chatting.";
 }
 
 // ---- start -------------------------------------------------------------------------------------
@@ -645,15 +669,8 @@ document.addEventListener("visibilitychange", () => {
   }
 });
 
-window.addEventListener("storage", (e) => {
-  // Another tab picked a name while this one waits on the name form: be the same user.
-  if (e.key !== ID_KEY || conn || loggingIn) return;
-  const other = loadIdentity();
-  if (other?.session) {
-    identity = other;
-    beginSession(identity.username);
-    enterChat();
-  }
+window.addEventListener("pagehide", () => {
+  if (conn) persistTab(true);
 });
 
 window.addEventListener("pageshow", (e) => {
@@ -665,7 +682,5 @@ if (identity) {
   enterChat();
   view.setConnection({ state: "connecting", everOpen: false });
 } else {
-  view.showLogin({
-    intro: linkedRoom && isValidRoom(linkedRoom) ? `You've been invited to #${linkedRoom}. Pick a name to join.` : "Pick a name to start chatting.",
-  });
+  view.showLogin({ intro: loginIntro() });
 }

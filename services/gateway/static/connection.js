@@ -37,6 +37,8 @@ export class Connection {
     this._openTimer = null;
     this._stableTimer = null;
     this._onOnline = () => this.state === "waiting" && this.reconnectNow();
+    // The network went away: the socket is dead even if the browser has not noticed yet.
+    this._onOffline = () => this.state === "open" && this.restart("offline");
     this._onVisible = () => document.visibilityState === "visible" && this.state === "waiting" && this.reconnectNow();
   }
 
@@ -48,6 +50,7 @@ export class Connection {
     if (!this.stopped) return;
     this.stopped = false;
     globalThis.addEventListener?.("online", this._onOnline);
+    globalThis.addEventListener?.("offline", this._onOffline);
     globalThis.document?.addEventListener("visibilitychange", this._onVisible);
     this._connect();
   }
@@ -57,6 +60,7 @@ export class Connection {
     this.stopped = true;
     clearTimeout(this._retryTimer);
     globalThis.removeEventListener?.("online", this._onOnline);
+    globalThis.removeEventListener?.("offline", this._onOffline);
     globalThis.document?.removeEventListener("visibilitychange", this._onVisible);
     this._drop("stopped");
     this._setState("stopped");

@@ -188,6 +188,33 @@ export class Store {
     return items.length;
   }
 
+  /** Messages that belong right before the message `anchorId` (a bridged gap), in order. */
+  insertBefore(roomName, anchorId, msgs) {
+    const room = this.rooms.get(roomName);
+    if (!room) return 0;
+    const anchor = room.byKey.get(`m:${anchorId}`);
+    let at = anchor ? room.items.indexOf(anchor) : -1;
+    let added = 0;
+    for (const m of msgs) {
+      if (!validMessage(m) || room.byKey.has(`m:${m.id}`)) continue;
+      if (at < 0) {
+        this.addServerMessage(roomName, m);
+        continue;
+      }
+      const item = { kind: "msg", key: `m:${m.id}`, id: m.id, username: m.username, body: m.body, time: m.time, room: roomName, status: "sent", error: null, rev: 0 };
+      room.items.splice(at, 0, item);
+      room.byKey.set(item.key, item);
+      at += 1;
+      added += 1;
+      if (m.username !== this.me && roomName !== this.current) room.unread += 1;
+    }
+    if (added) {
+      this.touch("messages", roomName);
+      this.touch("rooms");
+    }
+    return added;
+  }
+
   /**
    * A gap after a reconnect that could not be bridged: forget the confirmed messages before `id`
    * (the first message after the gap), so the timeline never shows a hole; paging back over HTTP
@@ -203,6 +230,21 @@ export class Store {
     room.byKey = new Map(keep.map((item) => [item.key, item]));
     room.hasMore = true;
     this.touch("messages", roomName);
+  }
+
+  /** Keeps a long-lived busy room bounded: forgets the oldest messages (paging brings them back). */
+  trimOldest(roomName, keep) {
+    const room = this.rooms.get(roomName);
+    if (!room || room.items.length <= keep) return false;
+    const cut = room.items.length - keep;
+    const dropped = room.items.slice(0, cut).filter((item) => !isOutgoing(item));
+    if (!dropped.length) return false;
+    const gone = new Set(dropped);
+    room.items = room.items.filter((item) => !gone.has(item));
+    for (const item of dropped) room.byKey.delete(item.key);
+    room.hasMore = true;
+    this.touch("messages", roomName);
+    return true;
   }
 
   lastConfirmedId(roomName) {

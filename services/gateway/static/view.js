@@ -34,7 +34,7 @@ export class View {
     for (const id of [
       "login", "login-form", "login-intro", "name-input", "name-error", "login-submit", "login-status",
       "chat", "drawer-toggle", "drawer-badge", "conn-pill", "conn-label", "me-avatar", "me-name", "switch-name",
-      "conn-banner", "conn-banner-text", "reconnect-now", "sidebar", "scrim", "room-list", "user-list", "user-count",
+      "conn-banner", "conn-banner-text", "conn-countdown", "reconnect-now", "sidebar", "scrim", "room-list", "user-list", "users-empty", "user-count",
       "room", "room-title", "room-sub", "leave-room", "scroller", "load-older", "history-status", "empty",
       "messages", "jump", "jump-text", "typing", "composer", "message-input", "send", "composer-error", "char-count",
       "notices", "announcer",
@@ -117,8 +117,19 @@ export class View {
       el["message-input"].focus();
     });
 
+    // A reader at the bottom stays there when the layout changes (banner, composer, fonts).
+    this.stick = true;
+    const follow = () => {
+      if (this.stick) el.scroller.scrollTop = el.scroller.scrollHeight;
+    };
+    if (globalThis.ResizeObserver) {
+      const observer = new ResizeObserver(follow);
+      observer.observe(el.scroller);
+      observer.observe(el.messages);
+    }
     el.scroller.addEventListener("scroll", () => {
-      if (this._isNearBottom()) this._setNewBelow(0);
+      this.stick = this._isNearBottom();
+      if (this.stick) this._setNewBelow(0);
       if (el.scroller.scrollTop < 300) handlers.nearTop();
     }, { passive: true });
 
@@ -169,6 +180,11 @@ export class View {
     el.chat.hidden = true;
     el.login.hidden = false;
     document.body.classList.remove("in-chat");
+    document.title = "roomcast";
+    this.renderedRoom = null;
+    this.msgEls.clear();
+    el.messages.replaceChildren();
+    this.setDrawer(false);
     if (intro) el["login-intro"].textContent = intro;
     if (name !== undefined) el["name-input"].value = name;
     this.setLoginBusy(Boolean(busy));
@@ -227,6 +243,7 @@ export class View {
     const { el } = this;
     const on = open && this.mobile.matches;
     el.chat.classList.toggle("drawer-open", on);
+    el.room.inert = on;
     el["drawer-toggle"].setAttribute("aria-expanded", String(on));
     el.scrim.hidden = !on;
     if (on) el.sidebar.querySelector("a, button")?.focus();
@@ -234,41 +251,44 @@ export class View {
 
   // ---- connection state ----------------------------------------------------------------------
 
-  /** state: connecting | open | waiting | offline; retryAt for the countdown. */
+  /**
+   * state: connecting | open | waiting; retryAt for the countdown. While the connection is down,
+   * the banner is the only element that says so (the pill hides), so the state reads once.
+   */
   setConnection({ state, retryAt, offline, everOpen }) {
     const { el } = this;
     clearInterval(this.connTimer);
+    if (state === "stopped" || state === "idle") return;
     const pill = el["conn-pill"];
-    pill.dataset.state = state === "open" ? "open" : state === "connecting" ? "connecting" : "down";
     const banner = el["conn-banner"];
-    if (state === "open") {
-      el["conn-label"].textContent = "Connected";
-      if (!banner.hidden) this.announce("Reconnected.");
+    const wasDown = !banner.hidden;
+    if (state === "open" || (state === "connecting" && !everOpen)) {
+      pill.hidden = false;
+      pill.dataset.state = state;
+      el["conn-label"].textContent = state === "open" ? "Connected" : "Connecting…";
       banner.hidden = true;
+      if (state === "open" && wasDown) this.announce("Reconnected.");
       return;
     }
+    pill.hidden = true;
+    el["conn-label"].textContent = "";
+    banner.hidden = false;
+    const lead = offline ? "No network connection." : everOpen ? "Connection lost." : "Can't reach the chat server.";
     if (state === "connecting") {
-      el["conn-label"].textContent = everOpen ? "Reconnecting…" : "Connecting…";
-      if (everOpen) {
-        banner.hidden = false;
-        el["conn-banner-text"].textContent = "Connection lost. Reconnecting now…";
-        el["reconnect-now"].hidden = true;
-      }
+      el["conn-banner-text"].textContent = `${lead} Reconnecting now…`;
+      el["conn-countdown"].textContent = "";
+      el["reconnect-now"].hidden = true;
       return;
     }
-    if (state === "waiting") {
-      el["conn-label"].textContent = offline ? "Offline" : "Disconnected";
-      if (banner.hidden) this.announce(offline ? "You are offline. Messages you send will be delivered when the connection is back." : "Connection lost. Reconnecting…");
-      banner.hidden = false;
-      el["reconnect-now"].hidden = false;
-      const tick = () => {
-        const secs = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
-        const lead = offline ? "You are offline." : "Connection lost.";
-        el["conn-banner-text"].textContent = secs > 0 ? `${lead} Reconnecting in ${secs} s…` : `${lead} Reconnecting…`;
-      };
-      tick();
-      this.connTimer = setInterval(tick, 1000);
-    }
+    el["conn-banner-text"].textContent = `${lead} Reconnecting…`;
+    el["reconnect-now"].hidden = false;
+    if (!wasDown) this.announce(`${lead} Reconnecting. Messages you send meanwhile are kept and sent once the connection is back.`);
+    const tick = () => {
+      const secs = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+      el["conn-countdown"].textContent = secs > 0 ? `Next try in ${secs} s.` : "";
+    };
+    tick();
+    this.connTimer = setInterval(tick, 1000);
   }
 
   // ---- notices -------------------------------------------------------------------------------
@@ -306,11 +326,24 @@ export class View {
     setTimeout(() => item.remove(), 200);
   }
 
+  /**
+   * Speaks to screen readers without putting a second copy of visible text in the DOM
+   * (document.ariaNotify where the browser has it; else a live region emptied soon after).
+   */
   announce(text) {
+    if (typeof document.ariaNotify === "function") {
+      try {
+        document.ariaNotify(text);
+        return;
+      } catch {
+        /* fall back to the live region */
+      }
+    }
     const a = this.el.announcer;
+    clearTimeout(this._announceClear);
     a.textContent = "";
-    // A separate task, so screen readers notice the change even for identical text.
     setTimeout(() => { a.textContent = text; }, 50);
+    this._announceClear = setTimeout(() => { a.textContent = ""; }, 3000);
   }
 
   // ---- rendering -----------------------------------------------------------------------------
@@ -401,7 +434,7 @@ export class View {
     list.replaceChildren(...items);
     this.el["user-count"].textContent = room.users.length ? String(room.users.length) : "";
     if (focusedUser) list.querySelector(`button[data-user="${CSS.escape(focusedUser)}"]`)?.focus();
-    if (!room.users.length) list.append(h("li", { class: "user-empty", text: "Nobody here yet." }));
+    this.el["users-empty"].hidden = room.users.length > 0;
   }
 
   _renderTyping(store, room) {
@@ -409,6 +442,10 @@ export class View {
     const line = this.el.typing;
     if (names.length) line.textContent = typingText(names);
     line.classList.toggle("visible", names.length > 0);
+  }
+
+  isFollowingBottom() {
+    return this._isNearBottom();
   }
 
   _isNearBottom() {
@@ -420,6 +457,7 @@ export class View {
     const s = this.el.scroller;
     const reduce = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
     s.scrollTo({ top: s.scrollHeight, behavior: smooth && !reduce ? "smooth" : "auto" });
+    this.stick = true;
     this._setNewBelow(0);
   }
 
@@ -439,7 +477,7 @@ export class View {
       this.renderedRoom = room.name;
       this._setNewBelow(0);
     }
-    const wasNearBottom = switched || this.forceBottom || this._isNearBottom();
+    const wasNearBottom = switched || this.forceBottom || this.stick || this._isNearBottom();
     const prevHeight = scroller.scrollHeight;
     const prevTop = scroller.scrollTop;
     const prevFirst = list.firstElementChild;
