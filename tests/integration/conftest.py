@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
-import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,21 +19,33 @@ import pytest_asyncio
 from roomcast.shared.secantus import SecantusServer
 
 # pymongo 4.20 leaks a socket when an AsyncMongoClient is closed while one of its monitors is
-# connecting (it only closes the socket on OSError/TimeoutError, not on cancellation:
-# PYTHON-5867, mongo-python-driver PR 2858). That happens whenever a test closes a store while
-# the server is down or restarting; the ResourceWarning then comes from the garbage collector,
-# often in a later test. Ignore exactly that: an unclosed socket that never got connected (no
-# `raddr`) on 127.0.0.1. A connected socket left open still fails the run. The filter is added
-# both for each test (ini line) and for the session (garbage collected between tests).
+# connecting (it closes the socket on OSError/TimeoutError, not on cancellation: PYTHON-5867,
+# mongo-python-driver PR 2858). That happens when a test closes a store while the server is down
+# or restarting, and the socket's ResourceWarning comes from the garbage collector. Ignore exactly
+# that: an unclosed socket that never got connected (no `raddr`) on 127.0.0.1; a connected socket
+# left open still fails the test. The filter goes on this folder's tests only, and each of them
+# collects its garbage at its end (`_collect_garbage`), while its own filters still apply.
 _HALF_OPEN_SOCKET = (
     r"unclosed <socket\.socket fd=\d+, family=[^,]+, type=[^,]+, proto=\d+,"
     r" laddr=\('127\.0\.0\.1', \d+\)>$"
 )
-warnings.filterwarnings("ignore", _HALF_OPEN_SOCKET, ResourceWarning)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("filterwarnings", f"ignore:{_HALF_OPEN_SOCKET}:ResourceWarning")
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark = pytest.mark.filterwarnings(f"ignore:{_HALF_OPEN_SOCKET}:ResourceWarning")
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(mark)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect each test's garbage while its warning filters apply (see `_HALF_OPEN_SOCKET`)."""
+    yield
+    gc.collect()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -48,7 +60,7 @@ async def secantus_server(
 @pytest.fixture
 def mongo_url(secantus_server: SecantusServer) -> str:
     """`mongodb://127.0.0.1:PORT` of the session's SecantusDB server."""
-    return secantus_server.url
+    return str(secantus_server.url)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,6 +125,21 @@ async def test_the_same_id_in_two_rooms_is_two_messages(messages: MongoMessageSt
     assert await messages.get("b", "m0001") == b
 
 
+async def test_a_large_batch_with_repeats(
+    messages: MongoMessageStore, mongo_url: str, mongo_db: str
+) -> None:
+    await messages.insert_many(msgs(1, 500, "big")[::2])  # the odd ones
+    everything = msgs(1, 500, "big")
+
+    assert await messages.insert_many(everything) == everything
+
+    stored = await raw_docs(mongo_url, mongo_db, "big")
+    assert len(stored) == 500
+    odd_first = msgs(1, 500, "big")[::2] + msgs(1, 500, "big")[1::2]
+    assert [d["id"] for d in stored] == [m.id for m in odd_first]
+    assert await messages.newest("big", 250) == msgs(1, 500, "big")[1::2]
+
+
 async def test_get(messages: MongoMessageStore) -> None:
     await messages.insert_many(msgs(1, 3))
     assert await messages.get("lobby", "m0002") == msg(2)
@@ -195,6 +211,21 @@ async def test_open_is_idempotent_and_data_survives_reopening(
         assert await reopened.newest("lobby", 10) == msgs(1, 4)
     finally:
         await reopened.close()
+
+
+async def test_errors_and_logs_never_show_the_url(capfd: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = MongoMessageStore(
+        f"mongodb://roomcast:s3cret-pw@127.0.0.1:{port}", "roomcast", server_selection_timeout=0.5
+    )
+    with pytest.raises(StoreUnavailableError) as caught:
+        await store.open()
+    assert "s3cret" not in str(caught.value)
+    assert await store.ping() is False
+    out, err = capfd.readouterr()
+    assert "s3cret" not in out + err
 
 
 async def test_a_store_that_is_not_open_is_unavailable(mongo_url: str, mongo_db: str) -> None:
