@@ -8,15 +8,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from roomcast.shared.secantus import SecantusServer
+from tests.servers.rabbitmq import machine_broker_url
+from tests.support.chat_client import ChatClient
+from tests.support.cluster import Cluster
 
 # pymongo 4.20 leaks a socket when an AsyncMongoClient is closed while one of its monitors is
 # connecting (it closes the socket on OSError/TimeoutError, not on cancellation: PYTHON-5867,
@@ -79,3 +83,30 @@ async def own_secantus(tmp_path: Path) -> AsyncIterator[SecantusServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path, secantus_server: SecantusServer) -> AsyncIterator[Cluster]:
+    """Services started as processes on the machine's RabbitMQ with an exchange and database
+    of the test's own, heartbeats every second; everything stopped and deleted after."""
+    c = Cluster(tmp_path, machine_broker_url(), secantus_server.url, heartbeat_interval="1")
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest_asyncio.fixture
+async def connect() -> AsyncIterator[Callable[[str], Awaitable[ChatClient]]]:
+    """Open WebSocket clients to a gateway URL; all are closed after the test."""
+    opened: list[ChatClient] = []
+
+    async def open_client(url: str) -> ChatClient:
+        client = await ChatClient.connect(url)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        with contextlib.suppress(Exception):
+            await client.close()

@@ -4,50 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
-from roomcast.shared.secantus import SecantusServer
 from tests.servers.rabbitmq import machine_broker_url
-from tests.support.chat_client import ChatClient, RefusedError
+from tests.support.chat_client import RefusedError
 from tests.support.checks import assert_no_gap_no_duplicate
 from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 
 
-@pytest_asyncio.fixture
-async def cluster(tmp_path: Path, secantus_server: SecantusServer) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, machine_broker_url(), secantus_server.url, heartbeat_interval="1")
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-@pytest_asyncio.fixture
-async def clients() -> AsyncIterator[list[ChatClient]]:
-    opened: list[ChatClient] = []
-    yield opened
-    for client in opened:
-        await client.close()
-
-
-async def _open(clients: list[ChatClient], url: str) -> ChatClient:
-    client = await ChatClient.connect(url)
-    clients.append(client)
-    return client
-
-
-async def test_clients_on_different_gateways_see_each_other(cluster, clients):
+async def test_clients_on_different_gateways_see_each_other(cluster, connect):
     await cluster.start("history")
     await cluster.start("presence")
     gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
-    alice = await _open(clients, gw1.ws)
-    bob = await _open(clients, gw2.ws)
+    alice = await connect(gw1.ws)
+    bob = await connect(gw2.ws)
     await alice.join("alice")
     await bob.join("bob")
     await alice.users("main", ["alice", "bob"])
@@ -62,14 +35,14 @@ async def test_clients_on_different_gateways_see_each_other(cluster, clients):
     invite = await bob.event("newRoom")
     assert invite["data"]["room"] == "dm-ab"
     await bob.join("bob", room="dm-ab")
-    carol = await _open(clients, gw2.ws)
+    carol = await connect(gw2.ws)
     await carol.join("carol")
     with pytest.raises(RefusedError) as err:
         await carol.join("carol", room="dm-ab")
     assert err.value.code == "room_private"
     # a later joiner on a third gateway gets the history
     gw3 = await cluster.start("gateway")
-    dave = await _open(clients, gw3.ws)
+    dave = await connect(gw3.ws)
     await dave.join("dave")
     history = dave.received("msgHistory", "main")[0]["data"]
     assert [m["id"] for m in history] == ["xgw-000001"]
@@ -78,15 +51,15 @@ async def test_clients_on_different_gateways_see_each_other(cluster, clients):
 
 
 async def test_killed_gateway_leaves_presence_within_ten_seconds(
-    tmp_path, secantus_server, clients
+    tmp_path, secantus_server, connect
 ):
     cluster = Cluster(tmp_path, machine_broker_url(), secantus_server.url)  # default heartbeats
     try:
         await cluster.start("history")
         await cluster.start("presence")
         gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
-        alice = await _open(clients, gw1.ws)
-        bob = await _open(clients, gw2.ws)
+        alice = await connect(gw1.ws)
+        bob = await connect(gw2.ws)
         await alice.join("alice")
         await bob.join("bob")
         await alice.users("main", ["alice", "bob"])
@@ -98,7 +71,7 @@ async def test_killed_gateway_leaves_presence_within_ten_seconds(
         await cluster.close()
 
 
-async def test_no_gap_join_across_gateways(tmp_path, secantus_server, clients):
+async def test_no_gap_join_across_gateways(tmp_path, secantus_server, connect):
     cluster = Cluster(
         tmp_path,
         machine_broker_url(),
@@ -110,7 +83,7 @@ async def test_no_gap_join_across_gateways(tmp_path, secantus_server, clients):
         await cluster.start("history")
         await cluster.start("presence")
         gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
-        senders = [await _open(clients, gw1.ws) for _ in range(2)]
+        senders = [await connect(gw1.ws) for _ in range(2)]
         for i, sender in enumerate(senders):
             await sender.join(f"sender{i}")
         stop = asyncio.Event()
@@ -128,7 +101,7 @@ async def test_no_gap_join_across_gateways(tmp_path, secantus_server, clients):
         joiners = []
         for j in range(5):
             await asyncio.sleep(0.05)
-            joiner = await _open(clients, gw2.ws)
+            joiner = await connect(gw2.ws)
             await joiner.join(f"joiner{j}")
             joiners.append(joiner)
         await asyncio.sleep(0.2)

@@ -4,53 +4,24 @@ failover, gateways stopped and rolled."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
-from roomcast.shared.secantus import SecantusServer
-from tests.servers.rabbitmq import PrivateRabbitNode, machine_broker_url
-from tests.support.chat_client import ChatClient, RefusedError
+from tests.servers.rabbitmq import PrivateRabbitNode
+from tests.support.chat_client import RefusedError
 from tests.support.cluster import Cluster
 from tests.support.traffic import all_messages, chatter, eventually
 
 pytestmark = pytest.mark.integration
 
 
-@pytest_asyncio.fixture
-async def cluster(tmp_path: Path, secantus_server: SecantusServer) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, machine_broker_url(), secantus_server.url, heartbeat_interval="1")
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-@pytest_asyncio.fixture
-async def clients() -> AsyncIterator[list[ChatClient]]:
-    opened: list[ChatClient] = []
-    yield opened
-    for client in opened:
-        with contextlib.suppress(Exception):
-            await client.close()
-
-
-async def _open(clients: list[ChatClient], url: str) -> ChatClient:
-    client = await ChatClient.connect(url)
-    clients.append(client)
-    return client
-
-
-async def test_messages_acked_while_history_is_down_are_stored_when_it_returns(cluster, clients):
+async def test_messages_acked_while_history_is_down_are_stored_when_it_returns(cluster, connect):
     history = await cluster.start("history")
     await cluster.start("presence")
     gw = await cluster.start("gateway")
-    alice = await _open(clients, gw.ws)
-    bob = await _open(clients, gw.ws)
+    alice = await connect(gw.ws)
+    bob = await connect(gw.ws)
     await alice.join("alice")
     await bob.join("bob")
     assert await history.stop() == 0
@@ -65,13 +36,13 @@ async def test_messages_acked_while_history_is_down_are_stored_when_it_returns(c
     await eventually(stored)
 
 
-async def test_presence_restart_and_failover_rebuild_active_users(cluster, clients):
+async def test_presence_restart_and_failover_rebuild_active_users(cluster, connect):
     await cluster.start("history")
     p1 = await cluster.start("presence")
     p2 = await cluster.start("presence")  # stands by (single active consumer)
     gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
-    alice = await _open(clients, gw1.ws)
-    bob = await _open(clients, gw2.ws)
+    alice = await connect(gw1.ws)
+    bob = await connect(gw2.ws)
     await alice.join("alice")
     await bob.join("bob")
     await alice.join("alice", room="pair")
@@ -88,7 +59,7 @@ async def test_presence_restart_and_failover_rebuild_active_users(cluster, clien
         else:
             await cluster.restart(p1)
             await alice.users("main", ["alice", "bob"], timeout=10)
-        carol = await _open(clients, gw2.ws)
+        carol = await connect(gw2.ws)
         await carol.join(f"carol{victim.port}")
         with pytest.raises(RefusedError) as err:
             await carol.join(f"carol{victim.port}", room="pair")
@@ -100,12 +71,12 @@ async def test_presence_restart_and_failover_rebuild_active_users(cluster, clien
     )
 
 
-async def test_sigterm_closes_sockets_with_1012_and_leaves_presence(cluster, clients):
+async def test_sigterm_closes_sockets_with_1012_and_leaves_presence(cluster, connect):
     await cluster.start("history")
     await cluster.start("presence")
     gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
-    alice = await _open(clients, gw1.ws)
-    bob = await _open(clients, gw2.ws)
+    alice = await connect(gw1.ws)
+    bob = await connect(gw2.ws)
     await alice.join("alice")
     await bob.join("bob")
     await alice.users("main", ["alice", "bob"])
@@ -146,7 +117,7 @@ async def test_rolling_restart_loses_no_acknowledged_message(cluster):
 
 
 async def test_acked_message_survives_a_broker_restart_and_gateways_recover(
-    tmp_path, secantus_server, clients
+    tmp_path, secantus_server, connect
 ):
     async with PrivateRabbitNode() as node:
         cluster = Cluster(tmp_path, node.url, secantus_server.url, heartbeat_interval="1")
@@ -154,8 +125,8 @@ async def test_acked_message_survives_a_broker_restart_and_gateways_recover(
             await cluster.start("history")
             await cluster.start("presence")
             gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
-            alice = await _open(clients, gw1.ws)
-            bob = await _open(clients, gw2.ws)
+            alice = await connect(gw1.ws)
+            bob = await connect(gw2.ws)
             await alice.join("alice")
             await bob.join("bob")
             before = await alice.say("main", "just before the restart")
