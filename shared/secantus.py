@@ -247,6 +247,9 @@ class SecantusServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 close_fds=True,
+                # Its own session: a Ctrl-C at the terminal goes to roomcast alone, which
+                # drains its gateway and only then stops the database.
+                start_new_session=True,
             )
 
     async def _wait_ready(self, port: int, deadline: float) -> None:
