@@ -14,11 +14,9 @@ anything happened.
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
-
 from playwright.sync_api import expect  # scripts/install-browser.sh installs it
 
 from .conftest import DESKTOP, PHONE, ChatPage, DevServer, OpenUser, unique
