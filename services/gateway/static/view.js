@@ -442,6 +442,8 @@ export class View {
     const line = this.el.typing;
     if (names.length) line.textContent = typingText(names);
     line.classList.toggle("visible", names.length > 0);
+    // faded out, the stale line must not be read out by screen readers
+    line.setAttribute("aria-hidden", names.length > 0 ? "false" : "true");
   }
 
   isFollowingBottom() {
