@@ -51,7 +51,10 @@ def rabbit_bus(settings: Settings, name: str) -> Bus:
 def _hypercorn(host: str, port: int, settings: Settings) -> Config:
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.websocket_max_message_size = settings.max_frame_bytes
+    # Hypercorn counts characters and mishandles an oversized fragmented message (it keeps the
+    # socket half-closed), so it only stops what no UTF-8 frame within our limit can reach; the
+    # gateway checks the limit itself, in bytes, and closes with 1009.
+    config.websocket_max_message_size = settings.max_frame_bytes * 4 + 4096
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0

@@ -8,9 +8,7 @@ from typing import Any
 import orjson
 
 
-def encode_event(
-    event: str, data: Any, *, room: str | None = None, ref: str | None = None
-) -> str:
+def encode_event(event: str, data: Any, *, room: str | None = None, ref: str | None = None) -> str:
     """The protocol envelope `{"event", "data"}` plus `room` and `ref` where they apply."""
     frame: dict[str, Any] = {"event": event}
     if room is not None:

@@ -5,6 +5,7 @@ Room and user names cannot contain `.`, `*` or `#`, so they are safe as routing-
 
 from __future__ import annotations
 
+
 def history_queue(exchange: str) -> str:
     """The durable queue history replicas share; named after the exchange, so that several
     deployments (or test runs) can share one broker."""

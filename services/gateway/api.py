@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from quart import Blueprint, current_app, request
 from quart_schema import document_headers, validate_querystring, validate_response
+
 from roomcast.shared import rpc, topics
 from roomcast.shared.models import ChatMessage, is_valid_name
 from roomcast.shared.sessions import session_hash

@@ -16,6 +16,7 @@ import uuid
 
 import orjson
 import structlog
+
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, BusUnavailableError, Subscription
 from roomcast.shared.config import Settings

@@ -30,6 +30,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
 CLOSE_TRY_LATER = 1013
 _MAX_BATCH_CHARS = 256 * 1024
+_CLOSE_SECONDS = 2.0
 
 
 class Connection:
@@ -106,16 +107,28 @@ class Connection:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._close_code is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(_CLOSE_SECONDS):
                     await self._close(self._close_code)
+                    # Read (and drop) what the client still sends until its close arrives:
+                    # Hypercorn stops reading the socket while its queue to the app is full, and
+                    # would then never see the client's close frame.
+                    while True:
+                        await receive()
 
     async def _read(self, receive: Receive, on_text: TextHandler, max_chars: int) -> None:
         while True:
             data = await receive()
-            if isinstance(data, str) and len(data) > max_chars:
+            # The limit is in bytes (UTF-8 on the wire); Hypercorn's own check counts characters.
+            if (
+                isinstance(data, str)
+                and len(data) * 4 > max_chars
+                and len(data.encode()) > max_chars
+            ):
                 self.close_soon(CLOSE_TOO_BIG)
                 return
             await on_text(self, data)
+            # a frame that only produced an error awaited nothing: let the writer run
+            await asyncio.sleep(0)
 
     async def _write(self) -> None:
         queue = self._queue

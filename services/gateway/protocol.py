@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
+
 from roomcast.shared.config import Limits
 from roomcast.shared.models import CLIENT_ID_RE, is_valid_name
 
@@ -146,13 +147,13 @@ def _describe(event: str, exc: ValidationError) -> str:
 
 
 def _check_limits(payload: Payload, limits: Limits, ref: str | None) -> None:
-    username = getattr(payload, "username", None) or getattr(payload, "username2", None)
-    if username is not None and not is_valid_name(username, limits.max_username_chars):
-        raise ProtocolError(
-            "invalid",
-            f"username must be 1 to {limits.max_username_chars} letters, digits, '_' or '-'",
-            ref,
-        )
+    for username in (getattr(payload, "username", None), getattr(payload, "username2", None)):
+        if username is not None and not is_valid_name(username, limits.max_username_chars):
+            raise ProtocolError(
+                "invalid",
+                f"username must be 1 to {limits.max_username_chars} letters, digits, '_' or '-'",
+                ref,
+            )
     if not is_valid_name(payload.room, limits.max_room_chars):
         raise ProtocolError(
             "invalid", f"room must be 1 to {limits.max_room_chars} letters, digits, '_' or '-'", ref
@@ -165,7 +166,7 @@ def _check_limits(payload: Payload, limits: Limits, ref: str | None) -> None:
                 f"body must be 1 to {limits.max_body_chars} characters after trimming",
                 ref,
             )
-        if payload.id is not None and not CLIENT_ID_RE.match(payload.id):
+        if payload.id is not None and not CLIENT_ID_RE.fullmatch(payload.id):
             raise ProtocolError("invalid", "id must be 8 to 64 characters of A-Z a-z 0-9 _ -", ref)
     if isinstance(payload, JoinData) and payload.since is not None and len(payload.since) > 128:
         raise ProtocolError("invalid", "since must be a message id", ref)

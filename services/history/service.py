@@ -15,6 +15,7 @@ import contextlib
 import orjson
 import structlog
 from prometheus_client import Counter, Histogram
+
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
 from roomcast.shared.config import Settings

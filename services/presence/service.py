@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import structlog
 from prometheus_client import Counter, Gauge
+
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
 from roomcast.shared.config import Settings

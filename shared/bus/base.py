@@ -47,7 +47,7 @@ class BusTimeoutError(BusUnavailableError):
     """A request got no reply in time."""
 
 
-class RejectMessage(Exception):  # noqa: N818 - named after aio-pika's intent signal
+class RejectMessage(Exception):
     """Raised by a work-queue handler to drop a message that can never be processed."""
 
 

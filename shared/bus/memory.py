@@ -269,7 +269,11 @@ class InMemoryBus:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._replies[correlation_id] = future
         message = Message(
-            routing_key, body, dict(headers or {}), reply_to="memory.reply", correlation_id=correlation_id
+            routing_key,
+            body,
+            dict(headers or {}),
+            reply_to="memory.reply",
+            correlation_id=correlation_id,
         )
         try:
             self._route(message, expires_at=time.monotonic() + timeout, track=False)

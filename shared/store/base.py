@@ -46,7 +46,9 @@ class MessageStore(Protocol):
     async def after(self, room: str, message_id: str, limit: int) -> list[ChatMessage] | None:
         """Up to `limit` messages stored after `message_id`, oldest first; None if it is unknown."""
 
-    async def before(self, room: str, message_id: str | None, limit: int) -> list[ChatMessage] | None:
+    async def before(
+        self, room: str, message_id: str | None, limit: int
+    ) -> list[ChatMessage] | None:
         """Up to `limit` messages stored before `message_id` (or the newest when None), oldest
         first; None if `message_id` is unknown."""
 

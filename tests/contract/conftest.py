@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import aio_pika
 import pytest
+
 from roomcast.shared.bus import Bus, InMemoryBus
 from roomcast.shared.bus.rabbit import RabbitBus
-
 from tests.servers import PrivateRabbitNode, machine_broker_url
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+
 from roomcast.shared.bus import (
     BusTimeoutError,
     BusUnavailableError,
@@ -24,7 +25,6 @@ from roomcast.shared.bus import (
     topic_matches,
 )
 from roomcast.shared.bus.rabbit import RabbitBus
-
 from tests.servers.rabbitmq import free_port
 
 if TYPE_CHECKING:

@@ -331,6 +331,7 @@ def secret_refs(container: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
 def settings_errors(env: Mapping[str, str], where: str) -> list[str]:
     """ROOMCAST_* variables that are no setting, or whose values roomcast would refuse."""
     from pydantic import ValidationError
+
     from roomcast.shared.config import ENV_PREFIX, Settings
 
     errors = []

@@ -137,6 +137,33 @@ def local_metric(sample: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(sample, labels or None) or 0.0
 
 
+async def until(condition: Any, *, timeout: float, step: float = 0.02) -> None:
+    """Poll `condition()` until it is true (cheaper than `wait_for` over thousands of frames)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - a condition over frames, no event to wait on
+            await asyncio.sleep(step)
+
+
+def csp_allows(sources: list[str], url: str) -> bool:
+    """Whether CSP source expressions `sources` allow loading `url` from this origin's page."""
+    target = urlsplit(url)
+    if not target.netloc:
+        return "'self'" in sources or "*" in sources
+    for source in sources:
+        if source == "*" or source == f"{target.scheme}:":
+            return True
+        if source.startswith("'"):
+            continue
+        parsed = urlsplit(source if "://" in source else f"{target.scheme}://{source}")
+        host = parsed.hostname or ""
+        matches_host = host == target.hostname or (
+            host.startswith("*.") and (target.hostname or "").endswith(host[1:])
+        )
+        if matches_host and target.path.startswith(parsed.path or "/"):
+            return True
+    return False
+
+
 def script_src(csp: str) -> str | None:
     directives = {}
     for part in csp.split(";"):
@@ -514,23 +541,51 @@ async def test_a_frame_of_exactly_the_limit_is_accepted(connect):
     assert not client.closed.done()
 
 
+def close_received(client: ChatClient) -> int | None:
+    """The code of the close frame the server sent, as soon as it arrived (the `closed` future
+    resolves only once the closing handshake is over and the TCP connection is gone)."""
+    close = client.ws.protocol.close_rcvd
+    return None if close is None else close.code
+
+
+def abort(client: ChatClient) -> None:
+    """Drop the TCP connection of a client stuck in the closing handshake, so that the fixture's
+    `close()` does not wait for the websockets close timeout (10 s) at teardown."""
+    client.ws.transport.abort()
+
+
+async def closed_by_server(client: ChatClient, *, timeout: float = 5) -> int | None:
+    """Wait (bounded) until the connection is closed; its close code. On a timeout, say what the
+    client saw: a close frame that never turned into a closed connection is a server bug."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(client.closed)
+    except TimeoutError:
+        abort(client)
+        raise AssertionError(
+            f"the connection is still open after {timeout:g}s: close frame received: "
+            f"{close_received(client)}, sent: {client.ws.protocol.close_sent}, "
+            f"last frames: {client.frames[-3:]}"
+        ) from None
+
+
 @pytest.mark.parametrize("how", ["one frame", "fragmented", "multi-byte characters"])
 async def test_a_text_frame_over_the_limit_closes_1009_and_others_are_unaffected(connect, how):
     alice = await joined(connect, "alice")
     bob = await joined(connect, "bob")
     mallory = await joined(connect, "mallory")
-    if how == "one frame":
-        await mallory.send_raw(padded_join(MAX_FRAME + 1, "mallory"))
-    elif how == "fragmented":
-        text = padded_join(MAX_FRAME + 4096, "mallory")
-        await mallory.ws.send(text[i : i + 4096] for i in range(0, len(text), 4096))
-    else:
-        # 64 KiB is bytes: 22,000 three-byte characters are about 66,000 bytes on the wire.
-        text = padded_join(MAX_FRAME + 500, "mallory", fill="€")
-        assert len(text) < MAX_FRAME < len(text.encode())
-        await mallory.send_raw(text)
-    async with asyncio.timeout(10):
-        code = await mallory.closed
+    with contextlib.suppress(websockets.ConnectionClosed):  # the server may close mid-send
+        if how == "one frame":
+            await mallory.send_raw(padded_join(MAX_FRAME + 1, "mallory"))
+        elif how == "fragmented":
+            text = padded_join(MAX_FRAME + 4096, "mallory")
+            await mallory.ws.send(text[i : i + 4096] for i in range(0, len(text), 4096))
+        else:
+            # 64 KiB is bytes: ~22,000 three-byte characters are 66,000 bytes on the wire.
+            text = padded_join(MAX_FRAME + 500, "mallory", fill="€")
+            assert len(text) < MAX_FRAME < len(text.encode())
+            await mallory.send_raw(text)
+    code = await closed_by_server(mallory)
     assert code == 1009, f"closed with {code}; frames seen: {mallory.frames[-3:]}"
     left = await alice.event("userLeave", "main")
     assert left["data"]["username"] == "mallory"
@@ -610,90 +665,118 @@ async def test_http_unknown_before_is_400(connect, server):
 
 
 # floods ---------------------------------------------------------------------------------------
+def flood_kinds(name: str, room: str) -> list[Any]:
+    """Kinds of bad frames: each makes, from a counter and a ref, (frame, ref or None when the
+    server cannot read it, the accepted answers: "ack" for an updateChat the limit lets by)."""
+
+    def chat(body: Any, in_room: str, r: str) -> str:
+        return frame_text(
+            "updateChat", {"username": name, "body": body, "time": 0, "room": in_room}, r
+        )
+
+    return [
+        lambda i, r: ("{not json" + str(i), None, {"bad_json"}),
+        lambda i, r: (b"\x00binary" + str(i).encode(), None, {"bad_frame"}),
+        lambda i, r: ("[1, 2, 3]", None, {"bad_frame"}),
+        lambda i, r: (
+            frame_text("userTyping", {"username": name, "room": room}, "x" * 65),
+            None,
+            {"bad_frame"},
+        ),
+        lambda i, r: (json.dumps({"data": {}, "ref": r}), r, {"bad_frame"}),
+        lambda i, r: (frame_text(f"nope{i}", {}, r), r, {"bad_event"}),
+        lambda i, r: (frame_text("userJoin", [], r), r, {"invalid"}),
+        lambda i, r: (frame_text("userJoin", {"username": i, "room": room}, r), r, {"invalid"}),
+        lambda i, r: (chat(["x"], room, r), r, {"invalid"}),
+        lambda i, r: (chat("", room, r), r, {"invalid"}),
+        lambda i, r: (
+            frame_text("userJoin", {"username": "f" * 200, "room": room}, r),
+            r,
+            {"invalid"},
+        ),
+        lambda i, r: (
+            frame_text("userJoin", {"username": name, "room": "r" * 500}, r),
+            r,
+            {"invalid"},
+        ),
+        lambda i, r: (frame_text("newRoom", {"username2": "a b", "room": room}, r), r, {"invalid"}),
+        lambda i, r: (
+            frame_text("userTyping", {"username": name, "room": "main"}, r),
+            r,
+            {"not_joined"},
+        ),
+        lambda i, r: (chat("x", "main", r), r, {"not_joined"}),
+        lambda i, r: (
+            frame_text("userJoin", {"username": "alice", "room": room}, r),
+            r,
+            {"username_mismatch"},
+        ),
+        lambda i, r: (chat(f"spam {i}", room, r), r, {"ack", "rate_limited"}),
+    ]
+
+
+def reply_problems(
+    client: ChatClient, sent: list[tuple[str | None, set[str]]], *, all_answered: bool
+) -> list[str]:
+    """Every ref answered at most once (exactly once when `all_answered`) with an accepted code."""
+    replies = replies_by_ref(client)
+    problems = []
+    for ref, codes in sent:
+        if ref is None:
+            continue
+        got = replies.get(ref, [])
+        if len(got) > 1 or (not got and all_answered):
+            problems.append(f"{ref}: {len(got)} replies {got}")
+            continue
+        for reply in got:
+            code = "ack" if reply["event"] == "ack" else reply["data"]["code"]
+            if code not in codes:
+                problems.append(f"{ref}: expected {sorted(codes)}, got {reply}")
+    return problems
+
+
+FLOOD = 3000
+
+
 async def test_a_flood_of_bad_frames_affects_nobody_else(connect, server):
+    """Two well-behaved clients chat in main while two others flood the gateway with bad frames:
+    one sends as fast as it can (its own errors may pile up beyond its send queue: it is then
+    closed with 1013), the other keeps at most 200 frames unanswered (it must stay open, and
+    gets exactly one answer for every frame)."""
     alice = await joined(connect, "alice")
     bob = await joined(connect, "bob")
-    flooder: ChatClient = await connect()
-    await flooder.join("flooder", "flood")
-
-    # Each kind: a frame (text or bytes), its ref (None: not readable) and the accepted codes
-    # ("ack" for an updateChat the rate limit lets through).
-    def kinds(i: int) -> list[tuple[str | bytes, str | None, set[str]]]:
-        ref = f"z{i}"
-        return [
-            ("{not json" + str(i), None, {"bad_json"}),
-            (b"\x00binary" + str(i).encode(), None, {"bad_frame"}),
-            ("[1, 2, 3]", None, {"bad_frame"}),
-            (
-                frame_text("userTyping", {"username": "flooder", "room": "flood"}, "x" * 65),
-                None,
-                {"bad_frame"},
-            ),
-            (json.dumps({"data": {}, "ref": ref}), ref, {"bad_frame"}),
-            (frame_text("nope" + str(i), {}, ref), ref, {"bad_event"}),
-            (frame_text("userJoin", [], ref), ref, {"invalid"}),
-            (frame_text("userJoin", {"username": i, "room": "flood"}, ref), ref, {"invalid"}),
-            (
-                frame_text(
-                    "updateChat",
-                    {"username": "flooder", "body": ["x"], "time": 0, "room": "flood"},
-                    ref,
-                ),
-                ref,
-                {"invalid"},
-            ),
-            (
-                frame_text("userJoin", {"username": "f" * 200, "room": "flood"}, ref),
-                ref,
-                {"invalid"},
-            ),
-            (
-                frame_text("userJoin", {"username": "flooder", "room": "r" * 500}, ref),
-                ref,
-                {"invalid"},
-            ),
-            (frame_text("newRoom", {"username2": "a b", "room": "flood"}, ref), ref, {"invalid"}),
-            (
-                frame_text("userTyping", {"username": "flooder", "room": "main"}, ref),
-                ref,
-                {"not_joined"},
-            ),
-            (
-                frame_text(
-                    "updateChat",
-                    {"username": "flooder", "body": "x", "time": 0, "room": "main"},
-                    ref,
-                ),
-                ref,
-                {"not_joined"},
-            ),
-            (
-                frame_text("userJoin", {"username": "alice", "room": "flood"}, ref),
-                ref,
-                {"username_mismatch"},
-            ),
-            (
-                frame_text(
-                    "updateChat",
-                    {"username": "flooder", "body": f"spam {i}", "time": 0, "room": "flood"},
-                    ref,
-                ),
-                ref,
-                {"ack", "rate_limited"},
-            ),
-        ]
-
-    sent: list[tuple[str | None, set[str]]] = []
+    blaster: ChatClient = await connect()
+    await blaster.join("blaster", "flood1")
+    steady: ChatClient = await connect()
+    await steady.join("steady", "flood2")
+    blasted: list[tuple[str | None, set[str]]] = []
+    steadied: list[tuple[str | None, set[str]]] = []
     chatted: dict[str, list[str]] = {"alice": [], "bob": []}
 
-    async def flood() -> None:
+    def answered(client: ChatClient, ref: str) -> bool:
+        return any(f.get("ref") == ref for f in reversed(client.frames))
+
+    async def blast() -> None:
+        kinds = flood_kinds("blaster", "flood1")
         with contextlib.suppress(websockets.ConnectionClosed):
-            for i in range(3000):
-                batch = kinds(i)
-                raw, ref, codes = batch[i % len(batch)]
-                await flooder.send_raw(raw)
-                sent.append((ref, codes))
-            await flooder.send("userTyping", {"username": "flooder", "room": "flood"}, "end")
+            for i in range(FLOOD):
+                raw, ref, codes = kinds[i % len(kinds)](i, f"b{i}")
+                await blaster.send_raw(raw)
+                blasted.append((ref, codes))
+            await blaster.send("userTyping", {"username": "blaster", "room": "flood1"}, "end")
+
+    async def steady_flood() -> None:
+        kinds = flood_kinds("steady", "flood2")
+        last: str | None = None
+        for i in range(FLOOD):
+            raw, ref, codes = kinds[i % len(kinds)](i, f"s{i}")
+            await steady.send_raw(raw)
+            steadied.append((ref, codes))
+            last = ref or last
+            if i % 200 == 199 and last is not None:
+                # Frames of one socket are answered in order.
+                await until(lambda r=last: answered(steady, r), timeout=20)
+        await steady.send("userTyping", {"username": "steady", "room": "flood2"}, "end")
 
     async def chat(client: ChatClient, name: str) -> None:
         for n in range(10):
@@ -701,48 +784,34 @@ async def test_a_flood_of_bad_frames_affects_nobody_else(connect, server):
             chatted[name].append(f"{name} during {n}")
             await asyncio.sleep(0.01)
 
-    await asyncio.gather(flood(), chat(alice, "alice"), chat(bob, "bob"))
-    async with asyncio.timeout(30):
-        _done, _ = await asyncio.wait(
-            [
-                asyncio.ensure_future(
-                    flooder.wait_for(lambda f: f.get("ref") == "end", timeout=30)
-                ),
-                flooder.closed,
-            ],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-    closed = flooder.closed.done()
-    if closed:
-        assert flooder.closed.result() == 1013, f"flooder closed with {flooder.closed.result()}"
-
-    replies = replies_by_ref(flooder)
-    failures: list[str] = []
-    for ref, codes in sent:
-        if ref is None:
-            continue
-        got = replies.get(ref, [])
-        if len(got) > 1 or (not got and not closed):
-            failures.append(f"{ref}: {len(got)} replies {got}")
-            continue
-        for reply in got:
-            code = "ack" if reply["event"] == "ack" else reply["data"]["code"]
-            if code not in codes:
-                failures.append(f"{ref}: expected {sorted(codes)}, got {reply}")
-    assert not failures, f"{len(failures)} wrong replies, e.g.:\n" + "\n".join(failures[:20])
-    unreffed = [f for f in flooder.frames if f["event"] == "error" and "ref" not in f]
-    assert all(f["data"]["code"] in ("bad_json", "bad_frame") for f in unreffed)
-    if not closed:
-        assert len(unreffed) == sum(1 for ref, _ in sent if ref is None)
-        assert any(
-            r["data"].get("code") == "rate_limited"
-            for rs in replies.values()
-            for r in rs
-            if r["event"] == "error"
-        ), "no updateChat of the flood was rate limited"
-    assert not any(
-        f["event"] == "error" and f["data"]["code"] == "internal" for f in flooder.frames
+    await asyncio.gather(blast(), steady_flood(), chat(alice, "alice"), chat(bob, "bob"))
+    await until(
+        lambda: (
+            answered(steady, "end")
+            and (answered(blaster, "end") or close_received(blaster) is not None)
+        ),
+        timeout=30,
     )
+
+    # The steady flooder: open, one answer per ref, one error per frame without a ref.
+    assert close_received(steady) is None and not steady.closed.done()
+    problems = reply_problems(steady, steadied, all_answered=True)
+    assert not problems, f"{len(problems)} wrong answers, e.g.:\n" + "\n".join(problems[:20])
+    unreffed = [f for f in steady.frames if f["event"] == "error" and "ref" not in f]
+    assert len(unreffed) == sum(1 for ref, _ in steadied if ref is None)
+    assert all(f["data"]["code"] in ("bad_json", "bad_frame") for f in unreffed)
+    codes = Counter(f["data"]["code"] for f in steady.frames if f["event"] == "error")
+    assert codes["rate_limited"] > 0, codes
+    assert codes["internal"] == 0 and codes["unavailable"] == 0, codes
+
+    # The blaster: open, or closed with 1013; never two answers for one ref, never a wrong one.
+    blaster_closed = close_received(blaster)
+    assert blaster_closed in (None, 1013), f"the blaster was closed with {blaster_closed}"
+    problems = reply_problems(blaster, blasted, all_answered=blaster_closed is None)
+    if blaster_closed is not None:
+        # The gateway does not finish that closing handshake (see the next test): don't wait.
+        abort(blaster)
+    assert not problems, f"{len(problems)} wrong answers, e.g.:\n" + "\n".join(problems[:20])
 
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
         assert (await http.get("/healthz")).status_code == 200
@@ -765,13 +834,29 @@ async def test_a_flood_of_bad_frames_affects_nobody_else(connect, server):
         bodies = [f["data"]["body"] for f in peer.received("updateChat", "main")]
         assert bodies == [*chatted[name], f"{name} after"], f"{peer.username} got {bodies}"
     for client in (alice, bob):
-        assert not client.closed.done()
+        assert not client.closed.done() and close_received(client) is None
         assert not any(f["event"] == "error" for f in client.frames), client.frames
-        assert [
-            f
-            for f in client.frames
-            if f["event"] == "updateChat" and f["data"]["username"] == "flooder"
-        ] == []
+        assert [f["event"] for f in client.frames if f["event"] not in GOOD_EVENTS] == []
+        assert {f["data"]["username"] for f in client.received("updateChat")} <= {"alice", "bob"}
+
+
+GOOD_EVENTS = {"msgHistory", "activeUsers", "userJoin", "userLeave", "updateChat", "ack"}
+
+
+async def test_a_socket_closed_by_the_server_is_released_while_its_client_keeps_sending(
+    connect, server
+):
+    """When the gateway closes a socket (here 1009, for a frame over the limit) while the client
+    has already sent more frames behind it, the connection must still end: the server has to
+    read past those frames to the client's close and complete the closing handshake."""
+    client: ChatClient = await connect()
+    other = await joined(connect, "other")
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await client.send_raw("x" * (server.settings.max_frame_bytes + 1))
+        for i in range(200):
+            await client.send_raw("{not json" + str(i))
+    assert await closed_by_server(client) == 1009
+    await other.say("main", "fine")
 
 
 class RawWebSocket:
@@ -909,7 +994,10 @@ async def test_a_consumer_that_does_not_read_is_closed_1013_and_the_sender_is_un
                     ref,
                 )
             sent += len(refs)
-            await sender.wait_for(lambda f, r=refs[-1]: f.get("ref") == r, timeout=20)
+            last = refs[-1]
+            await until(
+                lambda r=last: any(f.get("ref") == r for f in reversed(sender.frames)), timeout=20
+            )
 
         # The sender got exactly one ack for every message, in order.
         replies = replies_by_ref(sender)
@@ -1024,22 +1112,18 @@ async def test_docs_page_can_load_its_scripts_under_its_own_csp(server):
     assert docs.status_code == 200
     policy = script_src(docs.headers.get("Content-Security-Policy", "")) or "*"
     sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']+)", docs.text)
-    blocked = []
-    for src in sources:
-        origin = "{0.scheme}://{0.netloc}".format(urlsplit(src)) if "://" in src else "'self'"
-        allowed = policy.split()
-        if not (
-            "*" in allowed
-            or origin in allowed
-            or any(origin.startswith(a.rstrip("*")) for a in allowed if "://" in a)
-        ):
-            blocked.append(src)
+    blocked = [src for src in sources if not csp_allows(policy.split(), src)]
     assert not blocked, f"CSP script-src {policy!r} blocks {blocked}"
 
 
 async def test_web_client_is_served_with_a_csp_without_unsafe_inline_scripts(server):
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
         page = await http.get("/")
+        # Hypercorn answers one request of a keep-alive connection at a time: this second one
+        # proves that the handler of "/" has finished and closed index.html. Without it, the
+        # fixture stopping the server right away can race that close (an unclosed-file
+        # ResourceWarning in about one run out of twenty).
+        assert (await http.get("/healthz")).status_code == 200
     assert page.status_code == 200
     csp = page.headers.get("Content-Security-Policy")
     assert csp, "no Content-Security-Policy header on /"
@@ -1047,9 +1131,8 @@ async def test_web_client_is_served_with_a_csp_without_unsafe_inline_scripts(ser
     assert scripts is not None, f"no script-src or default-src in {csp!r}"
     assert "'unsafe-inline'" not in scripts and "'unsafe-eval'" not in scripts, csp
     # A policy repeated in a <meta> of the page must not loosen it either.
-    for meta in re.findall(
-        r"http-equiv=[\"']Content-Security-Policy[\"'][^>]*content=[\"']([^\"']+)", page.text, re.I
-    ):
+    pattern = r"http-equiv=[\"']Content-Security-Policy[\"'][^>]*?content=([\"'])(.*?)\1"
+    for _, meta in re.findall(pattern, page.text, re.I | re.S):
         meta_scripts = script_src(meta) or ""
         assert "'unsafe-inline'" not in meta_scripts, meta
 
