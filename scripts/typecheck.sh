@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 tree=build/typecheck
 rm -rf "$tree"
 mkdir -p "$tree/roomcast"
-for f in roomcast/*.py; do ln -s "$PWD/$f" "$tree/roomcast/"; done
+for f in roomcast/*; do ln -s "$PWD/$f" "$tree/roomcast/"; done
 ln -s "$PWD/shared" "$tree/roomcast/shared"
 ln -s "$PWD/services/gateway" "$tree/roomcast/gateway"
 ln -s "$PWD/services/history" "$tree/roomcast/history"
