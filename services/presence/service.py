@@ -25,7 +25,8 @@ from roomcast.shared.frames import encode_event
 from roomcast.shared.models import MAIN_ROOM
 from roomcast.shared.store.base import PrivateRoom, RoomMember, RoomStore, StoreUnavailableError
 
-from .state import Changes, PresenceState
+from .announcer import Announcer
+from .state import PresenceState
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -49,6 +50,8 @@ class PresenceService:
         self.state = PresenceState()
         self._private: dict[str, PrivateRoom | None] = {}
         self._lock = asyncio.Lock()
+        self._announcer = Announcer(bus, self.state.users)
+        self._announced: asyncio.Future[None] | None = None
         self._consumer: Consumer | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._handlers = {
@@ -69,6 +72,7 @@ class PresenceService:
             prefetch=64,
             single_active=True,
         )
+        self._announcer.start()
         self._reaper = asyncio.create_task(self._reap(), name="presence-reaper")
 
     async def stop(self) -> None:
@@ -78,6 +82,7 @@ class PresenceService:
                 await self._reaper
         if self._consumer is not None:
             await self._consumer.close()
+        await self._announcer.stop()
 
     async def _handle(self, message: Message) -> None:
         op = message.routing_key.rpartition(".")[2]
@@ -85,6 +90,7 @@ class PresenceService:
         if handler is None:
             raise RejectMessage(f"unknown presence op {op!r}")
         async with self._lock:
+            self._announced = None
             try:
                 reply = await handler(message)
             except rpc.RemoteError as exc:
@@ -93,6 +99,11 @@ class PresenceService:
             else:
                 OPS.labels(op, "ok").inc()
             USERS.set(len(self.state.conns))
+            announced = self._announced
+        if announced is not None:
+            # a joiner's gateway must have its room's events before the reply: they are then
+            # held and released right after its msgHistory, as the protocol orders them
+            await announced
         if reply is not None:
             await self._bus.reply(message, reply)
 
@@ -112,17 +123,17 @@ class PresenceService:
         changes = self.state.join(
             req.gateway, req.conn, req.username, req.session_hash, req.room, now
         )
-        await self._announce(changes)
+        self._announced = self._announcer.announce(changes)
         return rpc.result({"users": self.state.users(req.room)})
 
     async def _leave(self, message: Message) -> bytes:
         req = rpc.decode(rpc.LeaveRequest, message)
-        await self._announce(self.state.leave(req.conn, req.room))
+        self._announced = self._announcer.announce(self.state.leave(req.conn, req.room))
         return rpc.result()
 
     async def _disconnect(self, message: Message) -> bytes:
         req = rpc.decode(rpc.DisconnectRequest, message)
-        await self._announce(self.state.disconnect(req.conn))
+        self._announced = self._announcer.announce(self.state.disconnect(req.conn))
         return rpc.result()
 
     async def _invite(self, message: Message) -> bytes:
@@ -177,11 +188,11 @@ class PresenceService:
     async def _heartbeat(self, message: Message) -> None:
         beat = rpc.decode(rpc.Heartbeat, message)
         grace = self._settings.heartbeat_interval
-        await self._announce(self.state.reconcile(beat, self._clock(), grace))
+        self._announced = self._announcer.announce(self.state.reconcile(beat, self._clock(), grace))
 
     async def _gone(self, message: Message) -> None:
         req = rpc.decode(rpc.GatewayGone, message)
-        await self._announce(self.state.drop_gateway(req.gateway))
+        self._announced = self._announcer.announce(self.state.drop_gateway(req.gateway))
 
     # helpers -------------------------------------------------------------------------------
     async def _private_room(self, room: str) -> PrivateRoom | None:
@@ -199,22 +210,6 @@ class PresenceService:
         except StoreUnavailableError as exc:
             raise rpc.RemoteError("unavailable", "the room store is unavailable") from exc
 
-    async def _announce(self, changes: Changes) -> None:
-        """Publish what a change means: per room, `userLeave`s, then `activeUsers`, then
-        `userJoin` (the joiner's own connection skips it)."""
-        for room, username in changes.left:
-            data = {"username": username, "room": room}
-            await self._emit(room, "userLeave", data)
-        for room in sorted(changes.rooms):
-            await self._emit(room, "activeUsers", self.state.users(room))
-        for room, username, conn in changes.joined:
-            await self._emit(room, "userJoin", {"username": username, "room": room}, origin=conn)
-
-    async def _emit(self, room: str, event: str, data: object, origin: str = "") -> None:
-        frame = encode_event(event, data, room=room).encode()
-        headers = {"origin": origin} if origin else {}
-        await self._bus.publish(topics.room_event(room, event), frame, headers=headers)
-
     async def _reap(self) -> None:
         """Forget gateways that stopped sending heartbeats (killed without a word)."""
         period = self._settings.heartbeat_interval / 2
@@ -223,7 +218,4 @@ class PresenceService:
             async with self._lock:
                 for gateway in self.state.expired(self._clock(), self._settings.gateway_expiry):
                     log.warning("gateway silent; forgetting its connections", gateway=gateway)
-                    try:
-                        await self._announce(self.state.drop_gateway(gateway))
-                    except Exception:
-                        log.exception("could not announce a dropped gateway", gateway=gateway)
+                    self._announcer.announce(self.state.drop_gateway(gateway))
