@@ -84,6 +84,41 @@ def presence(host: str, port: int) -> None:
     _run(run_presence(_settings(), host, port))
 
 
+@cli.command()
+@click.argument("scenario", type=click.Choice(["fanout", "chatty", "join-storm", "idle"]))
+@click.option("--vs", type=click.Choice(["socketio"]), help="Also run the python-socketio peer.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")
+@click.option("--clients", type=click.IntRange(min=1), metavar="C")
+@click.option("--gateways", type=click.IntRange(min=1), metavar="G")
+@click.option("--rooms", type=click.IntRange(min=1), metavar="R")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    metavar="MSGS_PER_S",
+    help="Messages per second in all (join-storm: joins); 0: as fast as acks allow.",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", metavar="URL[,URL...]", help="Gateways of a running deployment.")
+@click.option("--senders", type=click.IntRange(min=0), metavar="S")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--peer-deflate", is_flag=True, help="Keep the peer's permessage-deflate on.")
+@click.option("--batch/--no-batch", default=True, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def bench(scenario: str, **options: Any) -> None:
+    """Measure fan-out, latency, joins and memory (docs/performance.md)."""
+    from roomcast.bench.runner import BenchError, Options, run
+
+    try:
+        run(Options(scenario=scenario, **options))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except BenchError as exc:
+        click.echo(f"roomcast: error: {exc}", err=True)
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: one-line errors for bad flags and settings, exit status 2."""
     try:

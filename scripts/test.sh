@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,bench]'
 
 bash scripts/ensure-rabbitmq.sh
 if [ -f scripts/install-deploy-tools.sh ]; then

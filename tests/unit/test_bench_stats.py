@@ -18,8 +18,10 @@ from roomcast.bench.stats import (
     Histogram,
     bucket_bounds,
     bucket_of,
+    bucket_percentiles_ms,
     comparison,
     merge_timelines,
+    prometheus_buckets,
     ratio,
     schema_problems,
     summarize_system,
@@ -102,7 +104,9 @@ def test_an_empty_histogram_summarizes_to_nones() -> None:
 
 
 # summaries, ratios, the JSON shape ------------------------------------------------------------------
-def _worker(latencies_us: list[int], delivered: int, acks: int, **extra: object) -> dict[str, object]:
+def _worker(
+    latencies_us: list[int], delivered: int, acks: int, **extra: object
+) -> dict[str, object]:
     lat, join, ack = Histogram(), Histogram(), Histogram()
     for v in latencies_us:
         lat.record(v)
@@ -198,6 +202,21 @@ def test_schema_problems() -> None:
 
 def test_merge_timelines_pads_the_shorter() -> None:
     assert merge_timelines([[1, 2], [10, 20, 30], []]) == [11, 22, 30]
+
+
+def test_prometheus_histogram_percentiles() -> None:
+    def text(counts: list[int]) -> str:
+        bounds = ["0.001", "0.002", "0.005", "+Inf"]
+        lines = ["# HELP m x", "# TYPE m histogram"]
+        lines += [f'm_bucket{{le="{b}"}} {n}.0' for b, n in zip(bounds, counts, strict=True)]
+        return "\n".join([*lines, "m_count 1.0", 'other_bucket{le="1.0"} 5.0'])
+
+    before = prometheus_buckets(text([10, 10, 10, 10]), "m")
+    assert before == {0.001: 10.0, 0.002: 10.0, 0.005: 10.0, float("inf"): 10.0}
+    after = prometheus_buckets(text([60, 100, 109, 110]), "m")
+    block = bucket_percentiles_ms(before, after)  # 100 new: 50 ≤1 ms, 40 ≤2, 9 ≤5, 1 more
+    assert block == {"count": 100.0, "p50": 1.0, "p90": 2.0, "p99": 5.0}
+    assert bucket_percentiles_ms(after, after)["p50"] is None
 
 
 def test_report_rows_for_a_comparison() -> None:
