@@ -190,18 +190,16 @@ class ChatGateway:
         conn.rooms[room] = held
         try:
             await self.registry.enter_room(conn, room)
-            await rpc.call(
-                self.bus,
-                topics.presence_request("join"),
-                rpc.JoinRequest(
-                    gateway=self.id,
-                    conn=conn.id,
-                    username=data.username,
-                    room=room,
-                    session_hash=hashed,
-                ),
-                timeout=self.settings.request_timeout,
-            )
+            # Both asks go out together once the room is bound; the history is only shown if
+            # presence admits the joiner.
+            registering = asyncio.ensure_future(self._register(conn, data.username, room, hashed))
+            reading = asyncio.ensure_future(self._history(room, data.since))
+            try:
+                await registering
+            except BaseException:
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+                raise
         except BaseException:
             conn.rooms.pop(room, None)
             await self.registry.leave_room(conn, room)
@@ -211,7 +209,7 @@ class ChatGateway:
             await self.registry.add_user(conn, data.username)
         conn.presence_rooms.add(room)
         try:
-            history = await self._history(room, data.since)
+            history = await reading
         except BaseException:
             await self._leave_room(conn, room)
             raise
@@ -228,6 +226,17 @@ class ChatGateway:
         if data.since is not None:
             ack["recovered"] = bool(history.recovered)
         return ack
+
+    async def _register(self, conn: Connection, username: str, room: str, hashed: str) -> None:
+        request = rpc.JoinRequest(
+            gateway=self.id, conn=conn.id, username=username, room=room, session_hash=hashed
+        )
+        await rpc.call(
+            self.bus,
+            topics.presence_request("join"),
+            request,
+            timeout=self.settings.request_timeout,
+        )
 
     def _session_for(self, conn: Connection, data: JoinData) -> str:
         if data.session is not None:
@@ -351,8 +360,8 @@ class ChatGateway:
         and a silent gateway is noticed."""
         while True:
             try:
-                beat = rpc.Heartbeat(gateway=self.id, connections=self.registry.roster())
-                await self.bus.publish(topics.presence_request("heartbeat"), rpc.encode(beat))
+                beat = {"gateway": self.id, "connections": self.registry.roster()}
+                await self.bus.publish(topics.presence_request("heartbeat"), orjson.dumps(beat))
             except Exception as exc:
                 log.warning("heartbeat not sent", error=str(exc))
             await asyncio.sleep(self.settings.heartbeat_interval)

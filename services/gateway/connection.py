@@ -33,6 +33,17 @@ _MAX_BATCH_CHARS = 256 * 1024
 _CLOSE_SECONDS = 2.0
 
 
+_FRAMES_OUT: dict[str, Callable[[], None]] = {}
+
+
+def _count_out(event: str) -> None:
+    """`FRAMES_OUT.labels(event).inc()`, with the labelled child looked up once per event."""
+    inc = _FRAMES_OUT.get(event)
+    if inc is None:
+        inc = _FRAMES_OUT[event] = FRAMES_OUT.labels(event).inc
+    inc()
+
+
 class Connection:
     """A client connection as the gateway's domain sees it, independent of the web framework."""
 
@@ -145,9 +156,9 @@ class Connection:
                         frame, event = queue.popleft()
                         frames.append(frame)
                         size += len(frame)
-                        FRAMES_OUT.labels(event).inc()
+                        _count_out(event)
                     await self._send("\n".join(frames))
                 else:
                     frame, event = queue.popleft()
-                    FRAMES_OUT.labels(event).inc()
+                    _count_out(event)
                     await self._send(frame)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from functools import partial
 
 from roomcast.shared import topics
 from roomcast.shared.bus import Subscription
-from roomcast.shared.rpc import RosterEntry
 
 from .connection import Connection
 
@@ -24,7 +24,7 @@ class Registry:
         self.connections: set[Connection] = set()
         self._subscription: Subscription | None = None
         self._bound: dict[str, int] = {}
-        self._lock = asyncio.Lock()
+        self._binding: dict[str, asyncio.Future[None]] = {}
 
     def attach(self, subscription: Subscription) -> None:
         self._subscription = subscription
@@ -64,32 +64,45 @@ class Registry:
                     del self.users[conn.username]
                 await self._release(topics.user_pattern(conn.username))
 
-    def roster(self) -> list[RosterEntry]:
-        """What presence must know of this gateway (sent in every heartbeat)."""
+    def roster(self) -> list[dict[str, object]]:
+        """What presence must know of this gateway, in the shape of `rpc.RosterEntry` (sent in
+        every heartbeat; plain dicts, since a gateway of 10,000 sockets builds it every beat)."""
         return [
-            RosterEntry(
-                conn=c.id,
-                username=c.username,
-                session_hash=c.session_hash,
-                rooms=sorted(c.presence_rooms),
-            )
+            {
+                "conn": c.id,
+                "username": c.username,
+                "session_hash": c.session_hash,
+                "rooms": sorted(c.presence_rooms),
+            }
             for c in self.connections
             if c.username is not None and c.session_hash is not None
         ]
 
     async def _acquire(self, pattern: str) -> None:
-        async with self._lock:
-            count = self._bound.get(pattern, 0)
-            if count == 0 and self._subscription is not None:
-                await self._subscription.bind(pattern)
-            self._bound[pattern] = count + 1
+        """Count one more holder of `pattern`; the first one binds it, and holders arriving
+        while that bind is under way wait for it (one lock per key, so rooms don't queue behind
+        each other's binds)."""
+        self._bound[pattern] = self._bound.get(pattern, 0) + 1
+        try:
+            pending = self._binding.get(pattern)
+            if pending is None and self._bound[pattern] == 1 and self._subscription is not None:
+                pending = asyncio.ensure_future(self._subscription.bind(pattern))
+                self._binding[pattern] = pending
+                pending.add_done_callback(partial(self._bound_done, pattern))
+            if pending is not None:
+                await asyncio.shield(pending)
+        except BaseException:
+            await self._release(pattern)
+            raise
+
+    def _bound_done(self, pattern: str, _: asyncio.Future[None]) -> None:
+        self._binding.pop(pattern, None)
 
     async def _release(self, pattern: str) -> None:
-        async with self._lock:
-            count = self._bound.get(pattern, 0) - 1
-            if count > 0:
-                self._bound[pattern] = count
-                return
-            self._bound.pop(pattern, None)
-            if self._subscription is not None:
-                await self._subscription.unbind(pattern)
+        count = self._bound.get(pattern, 0) - 1
+        if count > 0:
+            self._bound[pattern] = count
+            return
+        self._bound.pop(pattern, None)
+        if self._subscription is not None:
+            await self._subscription.unbind(pattern)
