@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 
+from tests.support.dev_process import DevProcess
 from tests.support.ports import free_port
 
 if TYPE_CHECKING:
@@ -47,110 +43,12 @@ CHROMIUM_ARGS = [
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-READY_TIMEOUT = 60.0  # `roomcast dev` starts a SecantusDB child first
-STOP_TIMEOUT = 25.0
 EXPECT_TIMEOUT_MS = 10_000  # default for expect(...) assertions
 ACTION_TIMEOUT_MS = 15_000  # default for clicks, fills, navigation
 
 
-# ---- roomcast dev as a process ----------------------------------------------------------------
-def _dev_env() -> dict[str, str]:
-    """This environment without the caller's ROOMCAST_* settings, with console logs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
-    env["ROOMCAST_LOG_FORMAT"] = "console"
-    return env
-
-
-class DevServer:
-    """One `roomcast dev` on a fixed port and data dir; it can be stopped and started again."""
-
-    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def start(self) -> None:
-        assert not self.running, "already running"
-        self.starts += 1
-        args = [sys.executable, "-m", "roomcast", "dev"]
-        args += ["--port", str(self.port), "--data-dir", str(self.data_dir)]
-        with self.log.open("ab") as out:
-            out.write(f"---- start #{self.starts}: {' '.join(args)}\n".encode())
-            out.flush()
-            self.process = subprocess.Popen(
-                args,
-                env=_dev_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, as in a terminal
-            )
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Block until GET /readyz answers 200; fail with the log's tail if the process exits."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=2) as http:
-            while True:
-                if self.process.poll() is not None:
-                    raise AssertionError(
-                        f"roomcast dev exited with {self.process.returncode}:\n{self.tail()}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if http.get(f"{self.url}/readyz").status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"roomcast dev not ready in {timeout:g}s:\n{self.tail()}")
-                time.sleep(0.1)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGINT to the process group (what Ctrl-C does), then wait for the process to exit."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"roomcast dev still running {timeout:g}s after SIGINT:\n{self.tail()}"
-            ) from None
-        self._kill_group()  # a child that outlived its parent (it should not)
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL whatever of its process group still runs (teardown after a failure)."""
-        if self.process is None:
-            return
-        self._kill_group()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(10)
-
-    def _kill_group(self) -> None:
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-    def tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
-
-
-def _started(base: Path) -> DevServer:
-    server = DevServer(base / "data", free_port(), base / "dev.log")
+def _started(base: Path) -> DevProcess:
+    server = DevProcess(base / "data", free_port(), base / "dev.log")
     server.start()
     try:
         server.wait_ready()
@@ -160,7 +58,7 @@ def _started(base: Path) -> DevServer:
     return server
 
 
-def _shut(server: DevServer) -> None:
+def _shut(server: DevProcess) -> None:
     try:
         if server.running:
             code = server.stop()
@@ -170,7 +68,7 @@ def _shut(server: DevServer) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
     """One `roomcast dev` shared by a module's tests; each test uses names of its own."""
     dev = _started(tmp_path_factory.mktemp("roomcast-dev"))
     yield dev
@@ -178,7 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[DevServer]:
+def own_server(tmp_path: Path) -> Iterator[DevProcess]:
     """A `roomcast dev` of this test alone, which it may stop and start again."""
     dev = _started(tmp_path)
     yield dev
@@ -260,7 +158,7 @@ def unique(prefix: str) -> str:
 OpenUser = Callable[..., ChatPage]
 
 _PAGES = pytest.StashKey[list[ChatPage]]()
-_SERVERS = pytest.StashKey[list[DevServer]]()
+_SERVERS = pytest.StashKey[list[DevProcess]]()
 _ARTIFACTS = pytest.StashKey[Path]()
 
 
@@ -279,7 +177,7 @@ def open_user(
 
     def open_one(
         name: str,
-        server: DevServer,
+        server: DevProcess,
         *,
         viewport: dict[str, int] | None = None,
         path: str = "/",
@@ -300,9 +198,9 @@ def open_user(
         user.page.on("dialog", on_dialog)
         user.page.on("pageerror", lambda error: user.errors.append(str(error)))
         if login:
-            user.login(server.url, path)
+            user.login(server.http, path)
         else:
-            user.page.goto(server.url + path)
+            user.page.goto(server.http + path)
         return user
 
     yield open_one

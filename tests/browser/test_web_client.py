@@ -19,7 +19,7 @@ import re
 import pytest
 from playwright.sync_api import expect  # scripts/install-browser.sh installs it
 
-from .conftest import DESKTOP, PHONE, ChatPage, DevServer, OpenUser, unique
+from .conftest import DESKTOP, PHONE, ChatPage, DevProcess, OpenUser, unique
 
 pytestmark = pytest.mark.browser
 
@@ -57,7 +57,7 @@ def expect_once(user: ChatPage, author: str, body: str, timeout: float | None = 
 
 
 # ---- presence, typing, chat --------------------------------------------------------------------
-def test_two_users_see_each_other_type_and_chat(server: DevServer, open_user: OpenUser) -> None:
+def test_two_users_see_each_other_type_and_chat(server: DevProcess, open_user: OpenUser) -> None:
     a, b = unique("alice"), unique("bob")
     alice = open_user(a, server)
     bob = open_user(b, server)
@@ -90,7 +90,7 @@ def test_two_users_see_each_other_type_and_chat(server: DevServer, open_user: Op
         assert first < second, f"{user.name} shows the reply before the message it answers"
 
 
-def test_three_users_join_chat_and_leave(server: DevServer, open_user: OpenUser) -> None:
+def test_three_users_join_chat_and_leave(server: DevProcess, open_user: OpenUser) -> None:
     names = [unique("ann"), unique("ben"), unique("cat")]
     ann, ben, cat = (open_user(name, server) for name in names)
     for user in (ann, ben, cat):
@@ -115,7 +115,7 @@ def test_three_users_join_chat_and_leave(server: DevServer, open_user: OpenUser)
 
 # ---- private rooms -----------------------------------------------------------------------------
 def test_private_room_by_invitation_link_refuses_a_third_user(
-    server: DevServer, open_user: OpenUser
+    server: DevProcess, open_user: OpenUser
 ) -> None:
     a, b, c = unique("alice"), unique("bob"), unique("carol")
     alice, bob, carol = open_user(a, server), open_user(b, server), open_user(c, server)
@@ -157,10 +157,10 @@ def test_private_room_by_invitation_link_refuses_a_third_user(
 
     # Carol opens the same link: the room is private to Alice and Bob, so she is refused
     # and stays in #main, seeing none of its messages.
-    carol.page.goto(href if href.startswith("http") else server.url + href)
+    carol.page.goto(href if href.startswith("http") else server.http + href)
     room = href.split("room=", 1)[1]
     expect(carol.page.get_by_role("alert").filter(has_text=room)).to_be_visible()
-    expect(carol.page).to_have_url(server.url + "/")
+    expect(carol.page).to_have_url(server.http + "/")
     expect(carol.box).to_be_visible()
     expect(carol.message(in_main)).to_have_count(1)
     for body in (secret, answer):
@@ -180,7 +180,7 @@ def test_private_room_by_invitation_link_refuses_a_third_user(
 
 # ---- restart of the server ---------------------------------------------------------------------
 def test_pages_reconnect_after_a_restart_without_lost_or_doubled_messages(
-    own_server: DevServer, open_user: OpenUser
+    own_server: DevProcess, open_user: OpenUser
 ) -> None:
     a, b = unique("alice"), unique("bob")
     alice, bob = open_user(a, own_server), open_user(b, own_server)
@@ -224,7 +224,7 @@ def test_pages_reconnect_after_a_restart_without_lost_or_doubled_messages(
     assert order == sorted(order), order
 
 
-def test_private_room_survives_a_restart(own_server: DevServer, open_user: OpenUser) -> None:
+def test_private_room_survives_a_restart(own_server: DevProcess, open_user: OpenUser) -> None:
     a, b = unique("alice"), unique("bob")
     alice, bob = open_user(a, own_server), open_user(b, own_server)
     alice.user_button(b).click()
@@ -268,7 +268,7 @@ def test_private_room_survives_a_restart(own_server: DevServer, open_user: OpenU
 
 # ---- markup is text ----------------------------------------------------------------------------
 def test_markup_in_a_message_is_shown_as_text_and_never_run(
-    server: DevServer, open_user: OpenUser
+    server: DevProcess, open_user: OpenUser
 ) -> None:
     # bypass_csp: the page's Content-Security-Policy would block the inline handler anyway;
     # this checks that the client itself never turns message text into HTML.
@@ -303,7 +303,7 @@ def test_markup_in_a_message_is_shown_as_text_and_never_run(
 
 
 # ---- phone-sized screen ------------------------------------------------------------------------
-def test_phone_sized_screen_can_chat(server: DevServer, open_user: OpenUser) -> None:
+def test_phone_sized_screen_can_chat(server: DevProcess, open_user: OpenUser) -> None:
     a, b = unique("desk"), unique("phone")
     desk = open_user(a, server)
     phone = open_user(b, server, viewport=PHONE, is_mobile=True, has_touch=True)

@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from tests.support.chat_client import ChatClient, RefusedError
-
-from .conftest import DevProcess, dev_command, dev_env
+from tests.support.dev_process import DevProcess, dev_command, dev_env
 
 pytestmark = pytest.mark.e2e
 

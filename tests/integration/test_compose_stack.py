@@ -5,7 +5,6 @@ chat; no acknowledged message lost, none stored twice."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from tests.deploy.compose_env import roomcast_services
 from tests.servers.rabbitmq import machine_broker_url
 from tests.support.cluster import Cluster
 from tests.support.ports import free_port
-from tests.support.traffic import all_messages, chatter, eventually
+from tests.support.traffic import roll_while_chatting
 
 pytestmark = pytest.mark.integration
 
@@ -49,28 +48,6 @@ async def test_compose_services_roll_without_losing_messages(
                     role, args=service.argv(port=port), env=env, port=port
                 )
                 started.setdefault(role, []).append(process)
-        gateways = started["gateway"]
-        urls = [g.ws for g in gateways]
-        stop = asyncio.Event()
-        acked: dict[str, str] = {}
-        chatters = [
-            asyncio.create_task(chatter(f"c{i}", urls[i % 2 :] + urls[: i % 2], stop, acked))
-            for i in range(4)
-        ]
-        await asyncio.sleep(1)
-        for gateway in gateways:
-            assert await gateway.stop() == 0
-            await cluster.restart(gateway)
-            await asyncio.sleep(1)
-        stop.set()
-        await asyncio.gather(*chatters)
-        assert len(acked) > 20
-
-        async def complete() -> None:
-            stored = [m["id"] for m in await all_messages(gateways[0].http)]
-            assert len(stored) == len(set(stored)), "a message was stored twice"
-            assert not set(acked) - set(stored), "an acknowledged message was lost"
-
-        await eventually(complete)
+        await roll_while_chatting(started["gateway"], cluster.restart)
     finally:
         await cluster.close()

@@ -11,7 +11,7 @@ import pytest
 from tests.servers.rabbitmq import PrivateRabbitNode
 from tests.support.chat_client import RefusedError
 from tests.support.cluster import Cluster
-from tests.support.traffic import all_messages, chatter, eventually
+from tests.support.traffic import all_messages, eventually, roll_while_chatting
 
 pytestmark = pytest.mark.integration
 
@@ -90,30 +90,7 @@ async def test_rolling_restart_loses_no_acknowledged_message(cluster):
     await cluster.start("history")
     await cluster.start("presence")
     gateways = [await cluster.start("gateway"), await cluster.start("gateway")]
-    urls = [g.ws for g in gateways]
-    stop = asyncio.Event()
-    acked: dict[str, str] = {}
-    chatters = [
-        asyncio.create_task(chatter(f"user{i}", urls[i % 2 :] + urls[: i % 2], stop, acked))
-        for i in range(4)
-    ]
-    await asyncio.sleep(1)
-    for gateway in gateways:  # one at a time, as a rolling update does
-        assert await gateway.stop() == 0
-        await asyncio.sleep(0.5)
-        await cluster.restart(gateway)
-        await asyncio.sleep(1)
-    stop.set()
-    await asyncio.gather(*chatters)
-    assert len(acked) > 20
-
-    async def complete() -> None:
-        stored = [m["id"] for m in await all_messages(gateways[0].http)]
-        assert len(stored) == len(set(stored)), "a message was stored twice"
-        missing = set(acked) - set(stored)
-        assert not missing, f"acknowledged but not stored: {sorted(missing)[:5]}"
-
-    await eventually(complete)
+    await roll_while_chatting(gateways, cluster.restart)
 
 
 async def test_acked_message_survives_a_broker_restart_and_gateways_recover(

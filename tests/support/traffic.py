@@ -71,3 +71,34 @@ async def chatter(name: str, urls: list[str], stop: asyncio.Event, acked: dict[s
             await asyncio.sleep(0.1)
         finally:
             await client.close()
+
+
+async def roll_while_chatting(
+    gateways: list[Any], restart: Callable[[Any], Awaitable[None]], chatters: int = 4
+) -> None:
+    """Stop (SIGTERM) and restart each gateway in turn, as a rolling update does, while clients
+    chat through them; then check that every acknowledged message is stored, and only once."""
+    urls = [g.ws for g in gateways]
+    stop = asyncio.Event()
+    acked: dict[str, str] = {}
+    tasks = [
+        asyncio.create_task(chatter(f"user{i}", urls[i % 2 :] + urls[: i % 2], stop, acked))
+        for i in range(chatters)
+    ]
+    await asyncio.sleep(1)
+    for gateway in gateways:
+        assert await gateway.stop() == 0
+        await asyncio.sleep(0.5)
+        await restart(gateway)
+        await asyncio.sleep(1)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert len(acked) > 20
+
+    async def complete() -> None:
+        stored = [m["id"] for m in await all_messages(gateways[0].http)]
+        assert len(stored) == len(set(stored)), "a message was stored twice"
+        missing = set(acked) - set(stored)
+        assert not missing, f"acknowledged but not stored: {sorted(missing)[:5]}"
+
+    await eventually(complete)
