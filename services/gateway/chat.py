@@ -24,7 +24,7 @@ from roomcast.shared.frames import encode_event, error_data
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.sessions import SessionSigner, session_hash
 
-from .connection import CLOSE_RESTART, Close, Connection, Send
+from .connection import CLOSE_RESTART, BatchTicker, Close, Connection, Send
 from .metrics import CONNECTIONS, ERRORS, FRAMES_IN
 from .protocol import (
     ChatData,
@@ -54,6 +54,7 @@ class ChatGateway:
         self.relay = Relay(self.registry, self.recent)
         self.draining = False
         self._idle = asyncio.Event()
+        self._ticker = BatchTicker(settings.batch_tick_ms / 1000)
         self._subscription: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -90,6 +91,7 @@ class ChatGateway:
             )
 
     async def stop(self) -> None:
+        await self._ticker.stop()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -102,9 +104,8 @@ class ChatGateway:
         conn = Connection(
             send,
             close,
-            batch=batch,
+            ticker=self._ticker if batch else None,
             queue_limit=self.settings.send_queue_frames,
-            tick=self.settings.batch_tick_ms / 1000,
             limiter=TokenBucket(self.settings.rate_per_second, self.settings.rate_burst),
         )
         self.registry.connections.add(conn)

@@ -44,6 +44,39 @@ def _count_out(event: str) -> None:
     inc()
 
 
+class BatchTicker:
+    """One timer for every `batch=1` socket of a gateway: a socket with something queued waits
+    for the next tick, and each tick wakes all of them, so a busy gateway pays one timer per
+    tick rather than one per socket per wake-up."""
+
+    def __init__(self, tick: float) -> None:
+        self._tick = tick
+        self._waiting: set[asyncio.Event] = set()
+        self._armed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake_on_tick(self, ready: asyncio.Event) -> None:
+        self._waiting.add(ready)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="batch-ticker")
+        self._armed.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._armed.wait()
+            await asyncio.sleep(self._tick)
+            self._armed.clear()
+            waiting, self._waiting = self._waiting, set()
+            for ready in waiting:
+                ready.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class Connection:
     """A client connection as the gateway's domain sees it, independent of the web framework."""
 
@@ -52,9 +85,8 @@ class Connection:
         send: Send,
         close: Close,
         *,
-        batch: bool,
+        ticker: BatchTicker | None,
         queue_limit: int,
-        tick: float,
         limiter: TokenBucket,
     ) -> None:
         self.id = uuid.uuid4().hex
@@ -67,13 +99,12 @@ class Connection:
         self.limiter = limiter
         self._send = send
         self._close = close
-        self._batch = batch
+        self._ticker = ticker
         self._limit = queue_limit
-        self._tick = tick
         self._queue: deque[tuple[str, str]] = deque()
         self._ready = asyncio.Event()
         self._close_code: int | None = None
-        self._closing = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
 
     # outgoing -------------------------------------------------------------------------------
     def push(self, frame: str, event: str) -> None:
@@ -87,7 +118,10 @@ class Connection:
             self.close_soon(CLOSE_TRY_LATER)
             return
         self._queue.append((frame, event))
-        self._ready.set()
+        if self._ticker is None:
+            self._ready.set()
+        elif len(self._queue) == 1:
+            self._ticker.wake_on_tick(self._ready)
 
     def deliver(self, room: str, frame: str, event: str, message_id: str | None) -> None:
         """A room event from the relay: held back while this socket's join is answered."""
@@ -100,16 +134,16 @@ class Connection:
     def close_soon(self, code: int) -> None:
         if self._close_code is None:
             self._close_code = code
-            self._closing.set()
+            if self._writer is not None:
+                self._writer.cancel()  # serve() sees it end, stops reading and closes
 
     # lifecycle ------------------------------------------------------------------------------
     async def serve(self, receive: Receive, on_text: TextHandler, max_chars: int) -> None:
         """Run until the client goes away or the server closes the socket."""
-        tasks = [
-            asyncio.create_task(self._read(receive, on_text, max_chars)),
-            asyncio.create_task(self._write()),
-            asyncio.create_task(self._closing.wait()),
-        ]
+        self._writer = asyncio.create_task(self._write())
+        tasks = [asyncio.create_task(self._read(receive, on_text, max_chars)), self._writer]
+        if self._close_code is not None:  # closed before it started
+            self._writer.cancel()
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -143,13 +177,12 @@ class Connection:
 
     async def _write(self) -> None:
         queue = self._queue
+        batch = self._ticker is not None
         while True:
             await self._ready.wait()
-            if self._batch:
-                await asyncio.sleep(self._tick)
             self._ready.clear()
             while queue:
-                if self._batch:
+                if batch:
                     frames: list[str] = []
                     size = 0
                     while queue and size < _MAX_BATCH_CHARS:
