@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import ValidationError
-from quart import Quart, Response, abort, request, send_file, websocket
+from quart import Quart, Response, request, send_file
 from quart_schema import QuartSchema, RequestSchemaValidationError
 
 from roomcast.shared.bus import BusUnavailableError
@@ -16,6 +16,7 @@ from roomcast.shared.rpc import RemoteError
 from .api import api
 from .chat import ChatGateway
 from .protocol import ProtocolError
+from .websocket import WebSocketEndpoint
 
 STATIC = Path(__file__).parent / "static"
 CSP = (
@@ -74,24 +75,6 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
         response.cache_control.no_cache = True
         return response
 
-    @app.websocket("/ws")
-    async def ws() -> None:
-        if gateway.draining:
-            abort(503)
-        await websocket.accept()
-        conn = gateway.open(
-            websocket.send, websocket.close, batch=websocket.args.get("batch") == "1"
-        )
-
-        async def receive() -> str | bytes:
-            data = await websocket.receive()
-            return b"" if data is None else data  # Quart gives None for an empty binary frame
-
-        try:
-            await conn.serve(receive, gateway.on_frame, gateway.settings.max_frame_bytes)
-        finally:
-            gateway.closed_soon(conn)
-
     @app.errorhandler(RequestSchemaValidationError)
     async def bad_request(error: RequestSchemaValidationError) -> tuple[dict[str, str], int]:
         detail = error.validation_error
@@ -117,4 +100,5 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
     async def not_found(error: Exception) -> tuple[dict[str, str], int]:
         return {"code": "invalid", "message": "no such resource"}, 404
 
+    app.asgi_app = WebSocketEndpoint(app.asgi_app, gateway)  # type: ignore[method-assign, assignment]
     return app

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
+import websockets
 
 from tests.support.chat_client import ChatClient, RefusedError
 
@@ -238,3 +242,17 @@ async def test_batching_delivers_several_events_per_frame_as_lines(connect):
         )
     got = [(await reader.event("updateChat", "main"))["data"]["body"] for _ in range(10)]
     assert got == [f"b{i}" for i in range(10)]
+
+
+async def test_a_draining_gateway_refuses_new_sockets_and_closes_open_ones_1012(connect, server):
+    alice = await connect()
+    await alice.join("alice")
+    drain = asyncio.create_task(server.system.gateway.drain())
+    assert await asyncio.wait_for(alice.closed, 10) == 1012
+    await drain
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await connect()
+    assert refused.value.response.status_code == 503
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        assert (await http.get("/readyz")).status_code == 503
+        assert (await http.get("/healthz")).status_code == 200

@@ -1,0 +1,77 @@
+"""The `/ws` endpoint, spoken in plain ASGI in front of the Quart app.
+
+Quart wraps every WebSocket in a request context, a second task and a message queue of its own;
+at tens of thousands of sockets that is a large share of each socket's memory and of each
+frame's CPU, and the gateway needs none of it: `Connection` only wants "receive a frame",
+"send a text" and "close with a code". Everything else (HTTP API, pages, health) stays Quart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+from .chat import ChatGateway
+
+Scope = MutableMapping[str, Any]
+ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]
+
+PATH = "/ws"
+
+
+class ClientGoneError(Exception):
+    """The client closed the socket or the connection dropped."""
+
+
+class WebSocketEndpoint:
+    """ASGI middleware: serves `/ws` itself and hands everything else to `app`."""
+
+    def __init__(self, app: ASGIApp, gateway: ChatGateway) -> None:
+        self._app = app
+        self._gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] != "websocket" or scope["path"] != PATH:
+            await self._app(scope, receive, send)
+            return
+        gateway = self._gateway
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if gateway.draining:
+            await _refuse(scope, send, 503, b"this gateway is restarting; connect to another")
+            return
+        await send({"type": "websocket.accept"})
+
+        async def receive_frame() -> str | bytes:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                text = message.get("text")
+                return text if text is not None else (message.get("bytes") or b"")
+            raise ClientGoneError
+
+        async def send_text(text: str) -> None:
+            await send({"type": "websocket.send", "text": text})
+
+        async def close(code: int) -> None:
+            await send({"type": "websocket.close", "code": code})
+
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        conn = gateway.open(send_text, close, batch=query.get("batch") == ["1"])
+        try:
+            await conn.serve(receive_frame, gateway.on_frame, gateway.settings.max_frame_bytes)
+        finally:
+            gateway.closed_soon(conn)
+
+
+async def _refuse(scope: Scope, send: ASGISend, status: int, body: bytes) -> None:
+    """Answer the handshake with an HTTP error where the server can (an ASGI extension),
+    otherwise close before accepting (the server answers 403)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1013})
