@@ -16,9 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_clients_on_different_gateways_see_each_other(cluster, connect):
-    await cluster.start("history")
-    await cluster.start("presence")
-    gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
+    gw1, gw2 = await cluster.start_stack()
     alice = await connect(gw1.ws)
     bob = await connect(gw2.ws)
     await alice.join("alice")
@@ -55,9 +53,7 @@ async def test_killed_gateway_leaves_presence_within_ten_seconds(
 ):
     cluster = Cluster(tmp_path, machine_broker_url(), secantus_server.url)  # default heartbeats
     try:
-        await cluster.start("history")
-        await cluster.start("presence")
-        gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
+        gw1, gw2 = await cluster.start_stack()
         alice = await connect(gw1.ws)
         bob = await connect(gw2.ws)
         await alice.join("alice")
@@ -80,9 +76,7 @@ async def test_no_gap_join_across_gateways(tmp_path, secantus_server, connect):
         rate_burst="1000",
     )
     try:
-        await cluster.start("history")
-        await cluster.start("presence")
-        gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
+        gw1, gw2 = await cluster.start_stack()
         senders = [await connect(gw1.ws) for _ in range(2)]
         for i, sender in enumerate(senders):
             await sender.join(f"sender{i}")

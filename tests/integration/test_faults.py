@@ -72,9 +72,7 @@ async def test_presence_restart_and_failover_rebuild_active_users(cluster, conne
 
 
 async def test_sigterm_closes_sockets_with_1012_and_leaves_presence(cluster, connect):
-    await cluster.start("history")
-    await cluster.start("presence")
-    gw1, gw2 = await cluster.start("gateway"), await cluster.start("gateway")
+    gw1, gw2 = await cluster.start_stack()
     alice = await connect(gw1.ws)
     bob = await connect(gw2.ws)
     await alice.join("alice")
@@ -87,9 +85,7 @@ async def test_sigterm_closes_sockets_with_1012_and_leaves_presence(cluster, con
 
 
 async def test_rolling_restart_loses_no_acknowledged_message(cluster):
-    await cluster.start("history")
-    await cluster.start("presence")
-    gateways = [await cluster.start("gateway"), await cluster.start("gateway")]
+    gateways = await cluster.start_stack()
     await roll_while_chatting(gateways, cluster.restart)
 
 

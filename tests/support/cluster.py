@@ -129,6 +129,12 @@ class Cluster:
             await service.ready()
         return service
 
+    async def start_stack(self, gateways: int = 2) -> list[ServiceProcess]:
+        """history, presence and `gateways` gateways, each ready; returns the gateways."""
+        await self.start("history")
+        await self.start("presence")
+        return [await self.start("gateway") for _ in range(gateways)]
+
     async def restart(self, service: ServiceProcess) -> None:
         service.start()
         await service.ready()

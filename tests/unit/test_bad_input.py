@@ -19,7 +19,7 @@ import socket
 import struct
 import uuid
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,25 +28,12 @@ import websockets
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from roomcast.gateway.protocol import ErrorCode
 from tests.support.chat_client import ChatClient, Frame
 
 pytestmark = pytest.mark.unit
 
-ERROR_CODES = {
-    "bad_json",
-    "bad_frame",
-    "bad_event",
-    "invalid",
-    "not_joined",
-    "username_taken",
-    "username_mismatch",
-    "user_offline",
-    "room_exists",
-    "room_private",
-    "rate_limited",
-    "unavailable",
-    "internal",
-}
+ERROR_CODES = set(get_args(ErrorCode))
 MAX_FRAME = 64 * 1024  # Settings.max_frame_bytes default
 
 
