@@ -94,7 +94,7 @@ class SecantusServer:
         """`port=0` picks a free port at every start. `start_timeout` bounds `start()` (lock
         waits included); `stop_timeout` is how long `stop()` waits after SIGTERM before SIGKILL.
         `python` must have the `secantusdb` package; `extra_args` go to `python -m secantus`."""
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # the child runs in it: relative paths would break
         self.host = host
         self.requested_port = port
         self.start_timeout = start_timeout

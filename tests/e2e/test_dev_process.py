@@ -4,7 +4,10 @@ WebSockets and HTTP, stopped with Ctrl-C, started again on the same data dir."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.dev_process import DevProcess, dev_command, dev_env
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -248,3 +252,35 @@ async def test_history_private_rooms_and_sessions_survive_a_restart(start_dev, c
     again.interrupt(group=True)
     assert await asyncio.to_thread(again.wait) == 0, again.tail()
     assert again.leftovers() == []
+
+
+def test_defaults_run_from_any_directory_with_a_relative_data_dir(tmp_path: Path):
+    """`roomcast dev` as a user types it: no --data-dir, so `./.roomcast` under the current
+    directory, which the SecantusDB child (running inside its data dir) must still find."""
+    port = free_port()
+    log = (tmp_path / "dev.log").open("wb")
+    process = subprocess.Popen(
+        dev_command("--port", str(port)),
+        cwd=tmp_path,
+        env=dev_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / "dev.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "not ready within 60 s"
+            time.sleep(0.2)
+        assert (tmp_path / ".roomcast" / "db").is_dir()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(30) == 0
+        log.close()
