@@ -6,6 +6,7 @@ that names it and says what is wrong.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
@@ -19,8 +20,10 @@ from roomcast.shared.logging import configure_logging
 PORT = click.IntRange(0, 65535)
 
 
-def _settings() -> Settings:
-    settings = load_settings()
+def _settings(**defaults: Any) -> Settings:
+    """Settings from the environment; `defaults` apply where the environment says nothing."""
+    overrides = {k: v for k, v in defaults.items() if f"ROOMCAST_{k.upper()}" not in os.environ}
+    settings = load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     return settings
 
@@ -51,7 +54,9 @@ def dev(host: str, port: int, data_dir: Path) -> None:
     """Gateway, history and presence in one process, no servers needed."""
     from roomcast.runtime import run_dev
 
-    _run(run_dev(_settings(), host, port, data_dir))
+    # on a laptop's terminal, logs for people; JSON when piped or set explicitly
+    log_format = "console" if sys.stderr.isatty() else "json"
+    _run(run_dev(_settings(log_format=log_format), host, port, data_dir))
 
 
 @cli.command()
