@@ -32,6 +32,7 @@ class Limits(BaseSettings):
     history_default: int = Field(50, ge=1, le=1000)
     recovery_max: int = Field(500, ge=1, le=10_000)
     http_page_max: int = Field(200, ge=1, le=10_000)
+    max_rooms_per_connection: int = Field(100, ge=1, le=100_000)
 
 
 class Settings(Limits):

@@ -187,6 +187,12 @@ class ChatGateway:
         session = self._session_for(conn, data)
         hashed = session_hash(session)
         room = data.room
+        if room not in conn.rooms and len(conn.rooms) >= self.settings.max_rooms_per_connection:
+            raise ProtocolError(
+                "invalid",
+                f"a connection may be in at most {self.settings.max_rooms_per_connection} rooms; "
+                "leave one first",
+            )
         held: list[tuple[str, str, str | None]] = []
         conn.rooms[room] = held
         try:

@@ -256,3 +256,16 @@ async def test_a_draining_gateway_refuses_new_sockets_and_closes_open_ones_1012(
     async with httpx.AsyncClient(base_url=server.http) as http:
         assert (await http.get("/readyz")).status_code == 503
         assert (await http.get("/healthz")).status_code == 200
+
+
+@pytest.mark.settings(max_rooms_per_connection=3)
+async def test_a_connection_may_be_in_a_bounded_number_of_rooms(connect):
+    alice = await connect()
+    for room in ("main", "r1", "r2"):
+        await alice.join("alice", room=room)
+    with pytest.raises(RefusedError) as err:
+        await alice.join("alice", room="r3")
+    assert err.value.code == "invalid" and "at most 3 rooms" in str(err.value)
+    await alice.join("alice", room="r2")  # re-joining one it is in is fine
+    await alice.request("userLeave", {"room": "r1"})
+    await alice.join("alice", room="r3")
