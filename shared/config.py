@@ -29,6 +29,8 @@ class Limits(BaseSettings):
     max_body_chars: int = Field(2000, ge=1, le=100_000)
     rate_per_second: float = Field(10.0, gt=0)
     rate_burst: int = Field(20, ge=1)
+    typing_per_second: float = Field(5.0, gt=0)
+    typing_burst: int = Field(10, ge=1)
     history_default: int = Field(50, ge=1, le=1000)
     recovery_max: int = Field(500, ge=1, le=10_000)
     http_page_max: int = Field(200, ge=1, le=10_000)

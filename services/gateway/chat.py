@@ -107,6 +107,7 @@ class ChatGateway:
             ticker=self._ticker if batch else None,
             queue_limit=self.settings.send_queue_frames,
             limiter=TokenBucket(self.settings.rate_per_second, self.settings.rate_burst),
+            typing_limiter=TokenBucket(self.settings.typing_per_second, self.settings.typing_burst),
         )
         self.registry.connections.add(conn)
         CONNECTIONS.inc()
@@ -269,6 +270,12 @@ class ChatGateway:
         assert isinstance(data, TypingData)
         self._joined(conn, data.room, "typing")
         self._own(conn, data.username)
+        if not conn.typing_limiter.take():
+            raise ProtocolError(
+                "rate_limited",
+                f"at most {self.settings.typing_per_second:g} typing events per second; "
+                "this one was not sent",
+            )
         payload: dict[str, object] = {"username": data.username, "room": data.room}
         await self.bus.publish(
             topics.room_event(data.room, "userTyping"),

@@ -88,6 +88,7 @@ class Connection:
         ticker: BatchTicker | None,
         queue_limit: int,
         limiter: TokenBucket,
+        typing_limiter: TokenBucket,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.username: str | None = None
@@ -97,6 +98,7 @@ class Connection:
         self.rooms: dict[str, list[tuple[str, str, str | None]] | None] = {}
         self.presence_rooms: set[str] = set()
         self.limiter = limiter
+        self.typing_limiter = typing_limiter
         self._send = send
         self._close = close
         self._ticker = ticker

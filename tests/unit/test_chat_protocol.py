@@ -269,3 +269,18 @@ async def test_a_connection_may_be_in_a_bounded_number_of_rooms(connect):
     await alice.join("alice", room="r2")  # re-joining one it is in is fine
     await alice.request("userLeave", {"room": "r1"})
     await alice.join("alice", room="r3")
+
+
+async def test_typing_floods_are_refused_beyond_their_own_rate(connect):
+    alice, bob = await connect(), await connect()
+    await alice.join("alice")
+    await bob.join("bob")
+    for i in range(30):
+        await alice.send("userTyping", {"username": "alice", "room": "main"}, f"t{i}")
+    replies = [await alice.wait_for(lambda f, r=f"t{i}": f.get("ref") == r) for i in range(30)]
+    sent = [r for r in replies if r["event"] == "ack"]
+    refused = [r for r in replies if r["event"] == "error"]
+    assert refused and all(r["data"]["code"] == "rate_limited" for r in refused)
+    await bob.settle()
+    assert len(bob.received("userTyping", "main")) == len(sent) < 30
+    await alice.say("main", "chat is limited separately")  # typing did not spend chat tokens
