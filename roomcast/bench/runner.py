@@ -609,10 +609,15 @@ def _merge_server(servers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(options: Options) -> dict[str, Any]:
     """Run the bench; print the table; write the JSON and plot files asked for."""
+    if options.target and options.gateways is not None:
+        raise BenchError("--gateways does not apply with --target (one per URL)")
+    gateways = options.gateways
+    if options.target:
+        gateways = len([u for u in options.target.split(",") if u.strip()])
     config = resolve(
         options.scenario,
         clients=options.clients,
-        gateways=options.gateways,
+        gateways=gateways,
         rooms=options.rooms,
         senders=options.senders,
         rate=options.rate,
@@ -620,20 +625,6 @@ def run(options: Options) -> dict[str, Any]:
         workers=options.workers,
         batch=options.batch,
     )
-    if options.target and options.gateways is not None:
-        raise BenchError("--gateways does not apply with --target (one per URL)")
-    if options.target:
-        config = resolve(
-            options.scenario,
-            clients=options.clients,
-            gateways=len([u for u in options.target.split(",") if u.strip()]),
-            rooms=options.rooms,
-            senders=options.senders,
-            rate=options.rate,
-            duration=options.duration,
-            workers=options.workers,
-            batch=options.batch,
-        )
     worker.raise_fd_limit()
     from roomcast.shared.logging import configure_logging
 

@@ -85,6 +85,14 @@ class ChatClient:
             raise RefusedError(reply)
         return reply["data"]
 
+    async def burst(self, event: str, data: Callable[[int], Any], count: int) -> list[Frame]:
+        """Send `count` frames as fast as possible, then return their answers in order."""
+        for i in range(count):
+            await self.send(event, data(i), f"burst{i}")
+        return [
+            await self.wait_for(lambda f, r=f"burst{i}": f.get("ref") == r) for i in range(count)
+        ]
+
     async def join(self, username: str, room: str = "main", **extra: Any) -> Any:
         ack = await self.request("userJoin", {"username": username, "room": room, **extra})
         self.username, self.session = username, ack["session"]

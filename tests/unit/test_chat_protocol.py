@@ -219,11 +219,11 @@ async def test_messages_of_one_connection_arrive_in_order(connect):
 async def test_rate_limit_refuses_beyond_the_burst_and_stores_nothing_extra(connect, server):
     alice = await connect()
     await alice.join("alice")
-    for i in range(30):
-        await alice.send(
-            "updateChat", {"username": "alice", "body": f"b{i}", "time": 0, "room": "main"}, f"x{i}"
-        )
-    replies = [await alice.wait_for(lambda f, r=f"x{i}": f.get("ref") == r) for i in range(30)]
+    replies = await alice.burst(
+        "updateChat",
+        lambda i: {"username": "alice", "body": f"b{i}", "time": 0, "room": "main"},
+        30,
+    )
     limited = [r for r in replies if r["event"] == "error"]
     assert limited and all(r["data"]["code"] == "rate_limited" for r in limited)
     acked = [r for r in replies if r["event"] == "ack"]
@@ -275,9 +275,7 @@ async def test_typing_floods_are_refused_beyond_their_own_rate(connect):
     alice, bob = await connect(), await connect()
     await alice.join("alice")
     await bob.join("bob")
-    for i in range(30):
-        await alice.send("userTyping", {"username": "alice", "room": "main"}, f"t{i}")
-    replies = [await alice.wait_for(lambda f, r=f"t{i}": f.get("ref") == r) for i in range(30)]
+    replies = await alice.burst("userTyping", lambda i: {"username": "alice", "room": "main"}, 30)
     sent = [r for r in replies if r["event"] == "ack"]
     refused = [r for r in replies if r["event"] == "error"]
     assert refused and all(r["data"]["code"] == "rate_limited" for r in refused)
