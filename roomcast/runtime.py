@@ -25,7 +25,7 @@ from hypercorn.config import Config
 from quart import Quart
 
 from roomcast.gateway.app import create_app
-from roomcast.gateway.chat import ChatGateway
+from roomcast.gateway.gateway import ChatGateway
 from roomcast.gateway.compression import set_websocket_compression
 from roomcast.history.service import HistoryService
 from roomcast.presence.service import PresenceService

@@ -27,10 +27,14 @@ class Limits(BaseSettings):
     max_username_chars: int = Field(32, ge=1, le=256)
     max_room_chars: int = Field(64, ge=1, le=200)
     max_body_chars: int = Field(2000, ge=1, le=100_000)
-    rate_per_second: float = Field(10.0, gt=0)
+    rate_per_second: float = Field(10.0, gt=0)  # updateChat, per user (all of a session's sockets)
     rate_burst: int = Field(20, ge=1)
     typing_per_second: float = Field(5.0, gt=0)
     typing_burst: int = Field(10, ge=1)
+    join_per_second: float = Field(5.0, gt=0)  # userJoin plus userLeave, per connection
+    join_burst: int = Field(20, ge=1)
+    invite_per_second: float = Field(1.0, gt=0)  # newRoom, per connection
+    invite_burst: int = Field(5, ge=1)
     history_default: int = Field(50, ge=1, le=1000)
     recovery_max: int = Field(500, ge=1, le=10_000)
     http_page_max: int = Field(200, ge=1, le=10_000)
@@ -50,7 +54,8 @@ class Settings(Limits):
     publish_timeout: float = Field(10.0, gt=0, le=120)
     heartbeat_interval: float = Field(2.0, gt=0, le=60)
     heartbeat_misses: int = Field(3, ge=2, le=20)
-    send_queue_frames: int = Field(1024, ge=8, le=1_000_000)
+    send_queue_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    send_queue_seconds: float = Field(10.0, gt=0, le=3600)
     batch_tick_ms: float = Field(2.0, gt=0, le=50)
     websocket_compression: bool = False
     drain_seconds: float = Field(10.0, ge=0, le=600)

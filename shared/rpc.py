@@ -1,8 +1,8 @@
 """What services ask each other over the bus: typed requests, and replies that are either a
 result or a protocol error (`{"result": ...}` / `{"error": {"code", "message"}}`).
 
-The gateway turns a `RemoteError` into the client's `error` frame unchanged, and a bus timeout
-into `unavailable`.
+A refusal travels as a `ProtocolError` (roomcast.shared.errors) and reaches the client
+unchanged; a bus timeout becomes `unavailable`.
 """
 
 from __future__ import annotations
@@ -13,16 +13,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from roomcast.shared.bus import Bus, Message, RejectMessage
+from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage
 
-
-class RemoteError(Exception):
-    """Another service refused a request with a protocol error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# The name services raised before the error types were one; the same class.
+RemoteError = ProtocolError
 
 
 class Wire(BaseModel):
@@ -88,10 +83,14 @@ class GatewayGone(Wire):
 
 # history.<room> ------------------------------------------------------------------------------
 class HistoryQuery(Wire):
-    op: Literal["recent", "since", "before"]
+    """`recent`: the newest `limit`; `since`: after an id (recovery); `before`: a page back;
+    `lookup`: the stored message with id `id`, if any (judging a client's id)."""
+
+    op: Literal["recent", "since", "before", "lookup"]
     limit: int
     since: str | None = None
     before: str | None = None
+    id: str | None = None
 
 
 class HistoryReply(Wire):
@@ -116,6 +115,12 @@ def decode(model: type[M], message: Message) -> M:
         raise RejectMessage(f"malformed {model.__name__}: {exc}") from exc
 
 
+def encode_raw(value: dict[str, Any]) -> bytes:
+    """A request built as plain data where a model would cost too much (the heartbeat roster of
+    thousands of connections, every beat); the receiver still validates it."""
+    return orjson.dumps(value)
+
+
 def result(value: BaseModel | dict[str, Any] | None = None) -> bytes:
     payload = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
     return orjson.dumps({"result": payload})
@@ -126,9 +131,10 @@ def refusal(code: str, message: str) -> bytes:
 
 
 async def call(bus: Bus, routing_key: str, request: BaseModel, *, timeout: float) -> Any:
-    """Send a request and return its result, raising `RemoteError` for a refusal."""
+    """Send a request and return its result, raising `ProtocolError` for a refusal."""
     raw = await bus.request(routing_key, encode(request), timeout=timeout)
     reply = orjson.loads(raw)
     if "error" in reply:
-        raise RemoteError(reply["error"]["code"], reply["error"]["message"])
+        error = reply["error"]
+        raise ProtocolError.from_wire(error.get("code"), error.get("message"))
     return reply.get("result")

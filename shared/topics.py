@@ -5,6 +5,39 @@ Room and user names cannot contain `.`, `*` or `#`, so they are safe as routing-
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+
+class Header:
+    """Header names of room events: short strings a receiver routes on without decoding."""
+
+    ORIGIN = "origin"  # the connection that published it (it does not get its own event back)
+    MESSAGE_ID = "id"  # a chat message's id, for de-duplication
+    PUBLICATION = "pub"  # one publication of that id, to tell a re-send from a repeat
+    SENT_AT = "ts"  # publish time, seconds since the epoch (fan-out latency)
+
+
+class Route(NamedTuple):
+    """A routing key taken apart: `room.<room>.<event>`, `user.<username>.<event>`,
+    `history.<room>` (event "read") or `presence.<op>` (name "")."""
+
+    kind: str
+    name: str
+    event: str
+
+
+def parse(routing_key: str) -> Route:
+    """Take a routing key apart; keys this module did not build give kind "" (never raises)."""
+    kind, _, rest = routing_key.partition(".")
+    if kind in ("room", "user"):
+        name, _, event = rest.partition(".")
+        return Route(kind, name, event)
+    if kind == "history":
+        return Route(kind, rest, "read")
+    if kind == "presence":
+        return Route(kind, "", rest)
+    return Route("", "", "")
+
 
 def history_queue(exchange: str) -> str:
     """The durable queue history replicas share; named after the exchange, so that several

@@ -10,11 +10,11 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, current_app, request
 from quart_schema import document_headers, validate_querystring, validate_response
 
-from roomcast.shared import rpc, topics
+from roomcast.shared import rpc
 from roomcast.shared.models import ChatMessage, is_valid_name
 from roomcast.shared.sessions import session_hash
 
-from .chat import ChatGateway
+from .gateway import ChatGateway
 from .protocol import ProtocolError
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -61,13 +61,7 @@ async def _users(room: str) -> rpc.UsersReply:
         username = gateway.signer.username_of(session)
         if username is not None:
             hashed = session_hash(session)
-    result = await rpc.call(
-        gateway.bus,
-        topics.presence_request("users"),
-        rpc.UsersRequest(room=room, username=username, session_hash=hashed),
-        timeout=gateway.settings.request_timeout,
-    )
-    reply = rpc.UsersReply.model_validate(result)
+    reply = await gateway.presence.users(room, username, hashed)
     if not reply.allowed:
         raise ProtocolError("room_private", f"room {room!r} is private; send a member's session")
     return reply
@@ -84,11 +78,7 @@ async def room_messages(room: str, query_args: MessagesQuery) -> MessagesPage:
     """A page of the room's history, oldest first; page back with `before`."""
     gateway = _gateway()
     await _users(room)
-    query = rpc.HistoryQuery(op="before", before=query_args.before, limit=query_args.limit)
-    result = await rpc.call(
-        gateway.bus, topics.history_request(room), query, timeout=gateway.settings.request_timeout
-    )
-    reply = rpc.HistoryReply.model_validate(result)
+    reply = await gateway.history.before(room, query_args.before, query_args.limit)
     if not reply.known:
         raise ProtocolError("invalid", f"no message {query_args.before!r} in room {room!r}")
     return MessagesPage(messages=reply.messages)

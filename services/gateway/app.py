@@ -11,10 +11,9 @@ from quart_schema import QuartSchema, RequestSchemaValidationError
 
 from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.ops import Check, add_ops_routes
-from roomcast.shared.rpc import RemoteError
 
 from .api import api
-from .chat import ChatGateway
+from .gateway import ChatGateway
 from .protocol import ProtocolError
 from .websocket import WebSocketEndpoint
 
@@ -47,10 +46,10 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
     )
     app.register_blueprint(api)
 
-    async def bus_ready() -> bool:
-        return gateway.bus.is_ready and not gateway.draining
+    async def gateway_ready() -> bool:
+        return gateway.is_ready
 
-    add_ops_routes(app, {"bus": bus_ready, **(checks or {})})
+    add_ops_routes(app, {"bus": gateway_ready, **(checks or {})})
 
     @app.after_request
     async def security_headers(response: Response) -> Response:
@@ -86,10 +85,6 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
 
     @app.errorhandler(ProtocolError)
     async def refused(error: ProtocolError) -> tuple[dict[str, str], int]:
-        return {"code": error.code, "message": error.message}, _STATUS.get(error.code, 400)
-
-    @app.errorhandler(RemoteError)
-    async def remote(error: RemoteError) -> tuple[dict[str, str], int]:
         return {"code": error.code, "message": error.message}, _STATUS.get(error.code, 400)
 
     @app.errorhandler(BusUnavailableError)

@@ -1,18 +1,22 @@
-"""One client's WebSocket: a reader, a writer, a bounded send queue, and the rooms it is in.
+"""One client's WebSocket: a reader, a writer and a bounded send queue.
 
 Outgoing events are already-encoded text shared by every socket of a room; the queue holds
-references, not copies. A socket that falls `send_queue_frames` behind is closed with 1013
-instead of growing the gateway's memory. With `batch=1` the writer coalesces what is ready in
-one tick into a single frame, one event per line.
+references, not copies. The queue is bounded in bytes and in age (PROTOCOL.md 2.2): a socket
+whose unsent events pass `send_queue_bytes`, or whose oldest unsent event waited longer than
+`send_queue_seconds`, is closed with 1013 and recovers with `since`, instead of growing the
+gateway's memory. With `batch=1` the writer coalesces what is ready in one tick into a single
+frame, one event per line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -29,7 +33,7 @@ TextHandler = Callable[["Connection", str | bytes], Awaitable[None]]
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
 CLOSE_TRY_LATER = 1013
-_MAX_BATCH_CHARS = 256 * 1024
+_MAX_BATCH_BYTES = 256 * 1024
 _CLOSE_SECONDS = 2.0
 
 
@@ -77,8 +81,18 @@ class BatchTicker:
                 await self._task
 
 
+@dataclass(slots=True)
+class Limiters:
+    """A connection's own rate budgets (the chat budget belongs to the user: `ChatGateway`)."""
+
+    typing: TokenBucket
+    joins: TokenBucket  # userJoin and userLeave together
+    invites: TokenBucket
+
+
 class Connection:
-    """A client connection as the gateway's domain sees it, independent of the web framework."""
+    """A client connection as the gateway's domain sees it, independent of the web framework.
+    Which rooms it is in is `Membership`'s to know."""
 
     def __init__(
         self,
@@ -86,52 +100,65 @@ class Connection:
         close: Close,
         *,
         ticker: BatchTicker | None,
-        queue_limit: int,
-        limiter: TokenBucket,
-        typing_limiter: TokenBucket,
+        queue_bytes: int,
+        queue_seconds: float,
+        limiters: Limiters,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.username: str | None = None
         self.session: str | None = None
         self.session_hash: str | None = None
-        # room -> None once live, or the events held back while its join is answered
-        self.rooms: dict[str, list[tuple[str, str, str | None]] | None] = {}
-        self.presence_rooms: set[str] = set()
-        self.limiter = limiter
-        self.typing_limiter = typing_limiter
+        self.limiters = limiters
         self._send = send
         self._close = close
         self._ticker = ticker
-        self._limit = queue_limit
-        self._queue: deque[tuple[str, str]] = deque()
+        self._max_bytes = queue_bytes
+        self._max_age = queue_seconds
+        self._clock = clock
+        self._queue: deque[tuple[str, str, int, float]] = deque()  # frame, event, size, since
+        self._queued_bytes = 0
         self._ready = asyncio.Event()
         self._close_code: int | None = None
         self._writer: asyncio.Task[None] | None = None
 
     # outgoing -------------------------------------------------------------------------------
-    def push(self, frame: str, event: str) -> None:
-        """Queue an event for this socket; close it (1013) if it is too far behind."""
+    def push(self, frame: str, event: str, size: int = 0) -> None:
+        """Queue an event for this socket; close it (1013) if it is too far behind. `size` is
+        the frame's length in UTF-8 bytes when the caller knows it (else its characters)."""
         if self._close_code is not None:
             return
-        if len(self._queue) >= self._limit:
-            SLOW_CLOSES.inc()
-            log.warning("slow consumer disconnected", conn=self.id, queued=len(self._queue))
-            self._queue.clear()
-            self.close_soon(CLOSE_TRY_LATER)
+        size = size or len(frame)
+        now = self._clock()
+        queue = self._queue
+        if queue and (
+            self._queued_bytes + size > self._max_bytes or now - queue[0][3] > self._max_age
+        ):
+            self._too_slow()
             return
-        self._queue.append((frame, event))
+        queue.append((frame, event, size, now))
+        self._queued_bytes += size
         if self._ticker is None:
             self._ready.set()
-        elif len(self._queue) == 1:
+        elif len(queue) == 1:
             self._ticker.wake_on_tick(self._ready)
 
-    def deliver(self, room: str, frame: str, event: str, message_id: str | None) -> None:
-        """A room event from the relay: held back while this socket's join is answered."""
-        held = self.rooms.get(room)
-        if held is not None:
-            held.append((frame, event, message_id))
-        elif room in self.rooms:
-            self.push(frame, event)
+    def _too_slow(self) -> None:
+        SLOW_CLOSES.inc()
+        log.warning(
+            "slow consumer disconnected",
+            conn=self.id,
+            queued=len(self._queue),
+            queued_bytes=self._queued_bytes,
+            oldest_seconds=round(self._clock() - self._queue[0][3], 3),
+        )
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.close_soon(CLOSE_TRY_LATER)
+
+    @property
+    def is_closing(self) -> bool:
+        return self._close_code is not None
 
     def close_soon(self, code: int) -> None:
         if self._close_code is None:
@@ -187,13 +214,15 @@ class Connection:
                 if batch:
                     frames: list[str] = []
                     size = 0
-                    while queue and size < _MAX_BATCH_CHARS:
-                        frame, event = queue.popleft()
+                    while queue and size < _MAX_BATCH_BYTES:
+                        frame, event, frame_size, _ = queue.popleft()
                         frames.append(frame)
-                        size += len(frame)
+                        size += frame_size
                         _count_out(event)
+                    self._queued_bytes -= size
                     await self._send("\n".join(frames))
                 else:
-                    frame, event = queue.popleft()
+                    frame, event, frame_size, _ = queue.popleft()
+                    self._queued_bytes -= frame_size
                     _count_out(event)
                     await self._send(frame)

@@ -1,7 +1,9 @@
-"""The wire format of PROTOCOL.md, client side in: parse and validate one text frame.
+"""The wire format of PROTOCOL.md, both directions: parse and validate a client's frame, and
+encode what the server sends.
 
-No I/O: it turns text into a typed `ClientFrame` or raises `ProtocolError` carrying the error
-code, a plain-words message and the frame's `ref` when one could be read.
+No I/O: client text becomes a typed `ClientFrame` or a `ProtocolError` carrying the error code,
+a plain-words message and the frame's `ref` when one could be read; server events are encoded
+once, as text every socket of a room can share.
 """
 
 from __future__ import annotations
@@ -13,35 +15,23 @@ import orjson
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from roomcast.shared.config import Limits
+from roomcast.shared.errors import ErrorCode, ProtocolError
+from roomcast.shared.frames import encode_event, error_data
 from roomcast.shared.models import CLIENT_ID_RE, is_valid_name
-
-ErrorCode = Literal[
-    "bad_json",
-    "bad_frame",
-    "bad_event",
-    "invalid",
-    "not_joined",
-    "username_taken",
-    "username_mismatch",
-    "user_offline",
-    "room_exists",
-    "room_private",
-    "rate_limited",
-    "unavailable",
-    "internal",
-]
 
 MAX_REF_CHARS = 64
 
-
-class ProtocolError(Exception):
-    """A client frame or request the server refuses; `code` is one of `ErrorCode`."""
-
-    def __init__(self, code: ErrorCode, message: str, ref: str | None = None) -> None:
-        super().__init__(message)
-        self.code: ErrorCode = code
-        self.message = message
-        self.ref = ref
+ServerEvent = Literal[
+    "msgHistory",
+    "activeUsers",
+    "userJoin",
+    "userLeave",
+    "userTyping",
+    "updateChat",
+    "newRoom",
+    "ack",
+    "error",
+]
 
 
 class _Payload(BaseModel):
@@ -170,3 +160,35 @@ def _check_limits(payload: Payload, limits: Limits, ref: str | None) -> None:
             raise ProtocolError("invalid", "id must be 8 to 64 characters of A-Z a-z 0-9 _ -", ref)
     if isinstance(payload, JoinData) and payload.since is not None and len(payload.since) > 128:
         raise ProtocolError("invalid", "since must be a message id", ref)
+
+
+# server to client --------------------------------------------------------------------------
+def event_frame(event: ServerEvent, data: Any, *, room: str | None = None) -> str:
+    """A server event, room-scoped when `room` is given."""
+    return encode_event(event, data, room=room)
+
+
+def ack_frame(ref: str, data: Any) -> str:
+    return encode_event("ack", data, ref=ref)
+
+
+def error_frame(error: ProtocolError) -> str:
+    return encode_event("error", error_data(error.code, error.message), ref=error.ref)
+
+
+__all__ = [
+    "PAYLOADS",
+    "ChatData",
+    "ClientFrame",
+    "ErrorCode",
+    "JoinData",
+    "LeaveData",
+    "NewRoomData",
+    "ProtocolError",
+    "ServerEvent",
+    "TypingData",
+    "ack_frame",
+    "error_frame",
+    "event_frame",
+    "parse_frame",
+]

@@ -1,9 +1,10 @@
 """Bus deliveries to local sockets: one broker message per room event, written as the same
-text to every local socket of the room.
+text to every local member of the room.
 
 It also drops a chat message that arrives again under an id it has already relayed (a client
-that re-sent after reconnecting to another gateway), and remembers recent messages so a re-send
-on this gateway is acknowledged without being published again.
+that re-sent after reconnecting to another gateway), remembers recent messages so that a re-send
+on this gateway is acknowledged without being published again, and keeps, per room, the id of
+the last message relayed there: where a repair after lost deliveries starts (`repair.py`).
 """
 
 from __future__ import annotations
@@ -12,25 +13,34 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from roomcast.shared import topics
 from roomcast.shared.bus import Message
+from roomcast.shared.topics import Header
 
+from .membership import Membership
 from .metrics import FANOUT
-from .registry import Registry
 
 
 @dataclass(slots=True)
 class Seen:
     publication: str
     frame: str
-    relayed: bool
+    relayed: bool  # delivered to this gateway's sockets (False: published here, not back yet)
+    origin: str = ""  # the local connection that sent it, if one did
 
 
 class RecentMessages:
-    """A bounded memory of recent chat messages by (room, id)."""
+    """A memory of recent chat messages by (room, id), bounded in entries and in bytes (its keys
+    and frames come from clients)."""
 
-    def __init__(self, size: int = 20_000) -> None:
+    def __init__(self, size: int = 20_000, max_bytes: int = 32 * 1024 * 1024) -> None:
         self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: OrderedDict[tuple[str, str], Seen] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, room: str, message_id: str) -> Seen | None:
         return self._items.get((room, message_id))
@@ -40,42 +50,51 @@ class RecentMessages:
         seen = self._items.get((room, message_id))
         if seen is not None and seen.publication == publication:
             del self._items[(room, message_id)]
+            self._bytes -= len(seen.frame)
 
     def remember(self, room: str, message_id: str, seen: Seen) -> None:
+        old = self._items.pop((room, message_id), None)
+        if old is not None:
+            self._bytes -= len(old.frame)
         self._items[(room, message_id)] = seen
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
+        self._bytes += len(seen.frame)
+        while len(self._items) > self._size or self._bytes > self._max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped.frame)
 
 
 class Relay:
-    def __init__(self, registry: Registry, recent: RecentMessages) -> None:
-        self._registry = registry
+    def __init__(self, membership: Membership, recent: RecentMessages) -> None:
+        self._membership = membership
         self._recent = recent
+        self.last_ids: dict[str, str] = {}  # room -> id of the last chat message relayed there
 
     async def on_message(self, message: Message) -> None:
-        kind, _, rest = message.routing_key.partition(".")
-        name, _, event = rest.partition(".")
+        route = topics.parse(message.routing_key)
         frame = message.body.decode()
         headers = message.headers
-        if kind == "room":
-            message_id = headers.get("id")
-            publication = headers.get("pub", "")
-            if message_id is not None and not self._first_time(
-                name, message_id, publication, frame
-            ):
-                return
-            origin = headers.get("origin")
-            for conn in tuple(self._registry.rooms.get(name, ())):
-                if conn.id != origin:
-                    conn.deliver(name, frame, event, message_id)
-        elif kind == "user":
-            for conn in tuple(self._registry.users.get(name, ())):
-                conn.push(frame, event)
-        sent = headers.get("ts")
+        if route.kind == "room":
+            message_id = headers.get(Header.MESSAGE_ID)
+            if message_id is not None:
+                if not self.first_time(
+                    route.name, message_id, headers.get(Header.PUBLICATION, ""), frame
+                ):
+                    return
+                self.last_ids[route.name] = message_id
+            origin = headers.get(Header.ORIGIN)
+            size = len(message.body)
+            for member in self._membership.members(route.name):
+                if member.conn.id != origin:
+                    member.deliver(frame, route.event, message_id, size)
+        elif route.kind == "user":
+            for conn in self._membership.user_connections(route.name):
+                conn.push(frame, route.event, len(message.body))
+        sent = headers.get(Header.SENT_AT)
         if sent is not None:
             FANOUT.observe(max(0.0, time.time() - float(sent)))
 
-    def _first_time(self, room: str, message_id: str, publication: str, frame: str) -> bool:
+    def first_time(self, room: str, message_id: str, publication: str, frame: str) -> bool:
+        """Whether this chat message is news here (and remember it as relayed)."""
         seen = self._recent.get(room, message_id)
         if seen is None:
             self._recent.remember(room, message_id, Seen(publication, frame, relayed=True))
@@ -84,3 +103,28 @@ class Relay:
             seen.relayed = True
             return True
         return False
+
+    def replay(self, room: str, message_id: str, frame: str) -> bool:
+        """Deliver a stored message that may have been lost on the way here (a repair), unless
+        this gateway's sockets already had it; returns whether it was delivered."""
+        seen = self._recent.get(room, message_id)
+        if seen is not None and seen.relayed:
+            return False
+        origin = seen.origin if seen is not None else ""
+        self._recent.remember(room, message_id, Seen("", frame, relayed=True, origin=origin))
+        self.last_ids[room] = message_id
+        size = len(frame.encode())
+        for member in self._membership.members(room):
+            if member.conn.id != origin:
+                member.deliver(frame, "updateChat", message_id, size)
+        return True
+
+    def note_history(self, room: str, last_id: str | None) -> None:
+        """A joiner's history ended at `last_id`: where a repair starts if nothing was relayed."""
+        if last_id is not None:
+            self.last_ids.setdefault(room, last_id)
+
+    def prune(self, served: set[str]) -> None:
+        """Forget the rooms this gateway no longer serves (keeps `last_ids` bounded)."""
+        for room in [r for r in self.last_ids if r not in served]:
+            del self.last_ids[room]

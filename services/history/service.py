@@ -101,10 +101,13 @@ class HistoryService:
             await self._batcher.drain()
 
     async def _handle(self, message: Message) -> None:
-        if message.routing_key.startswith("history."):
-            await self._read(message)
-        else:
+        route = topics.parse(message.routing_key)
+        if route.kind == "history":
+            await self._read(route.name, message)
+        elif route.kind == "room" and route.event == "updateChat":
             await self._write(message)
+        else:
+            raise RejectMessage(f"history does not handle {message.routing_key!r}")
 
     async def _write(self, message: Message) -> None:
         try:
@@ -119,8 +122,7 @@ class HistoryService:
             await asyncio.sleep(_RETRY_DELAY)
             raise
 
-    async def _read(self, message: Message) -> None:
-        room = message.routing_key.partition(".")[2]
+    async def _read(self, room: str, message: Message) -> None:
         query = rpc.decode(rpc.HistoryQuery, message)
         await self._batcher.drain()
         try:
@@ -142,6 +144,9 @@ class HistoryService:
             return rpc.HistoryReply(
                 messages=await self._store.newest(room, newest), recovered=False
             )
+        if query.op == "lookup":
+            found = await self._store.get(room, query.id) if query.id is not None else None
+            return rpc.HistoryReply(messages=[found] if found is not None else [])
         if query.op == "before":
             before = await self._store.before(room, query.before, limit)
             if before is None:

@@ -33,6 +33,9 @@ class ChatClient:
         self.username: str | None = None
         self.session: str | None = None
         self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        # room -> the user list as PROTOCOL.md 2.1 has a client keep it: the `activeUsers`
+        # snapshot, then each later `userJoin`/`userLeave` of the room, in order
+        self.lists: dict[str, list[str]] = {}
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -46,7 +49,9 @@ class ChatClient:
             async for raw in self.ws:
                 assert isinstance(raw, str), "the server sent a binary frame"
                 for line in raw.split("\n"):
-                    self.frames.append(json.loads(line))
+                    frame = json.loads(line)
+                    self.frames.append(frame)
+                    self._keep_list(frame)
                 async with self._changed:
                     self._changed.notify_all()
         except websockets.ConnectionClosed:
@@ -124,14 +129,25 @@ class ChatClient:
             timeout=timeout,
         )
 
-    async def users(self, room: str, expected: list[str], *, timeout: float = 10) -> Frame:
-        """Wait for an `activeUsers` of the room equal to `expected`."""
-        return await self.wait_for(
-            lambda f: (
-                f["event"] == "activeUsers" and f.get("room") == room and f["data"] == expected
-            ),
-            timeout=timeout,
-        )
+    def _keep_list(self, frame: Frame) -> None:
+        room, event, data = frame.get("room"), frame["event"], frame.get("data")
+        if room is None:
+            return
+        if event == "activeUsers":
+            self.lists[room] = sorted(data)
+        elif event == "userJoin" and room in self.lists:
+            self.lists[room] = sorted({*self.lists[room], data["username"]})
+        elif event == "userLeave" and room in self.lists:
+            self.lists[room] = [u for u in self.lists[room] if u != data["username"]]
+
+    async def users(self, room: str, expected: list[str], *, timeout: float = 10) -> None:
+        """Wait until the room's user list, as this client keeps it, equals `expected`."""
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                while self.lists.get(room) != sorted(expected):
+                    if self.closed.done():
+                        raise ConnectionError(f"socket closed ({self.closed.result()})")
+                    await self._changed.wait()
 
     def received(self, event: str, room: str | None = None) -> list[Frame]:
         return [

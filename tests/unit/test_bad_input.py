@@ -941,12 +941,12 @@ class RawWebSocket:
         self.sock.close()
 
 
-@pytest.mark.settings(send_queue_frames=8, rate_burst=10_000, rate_per_second=10_000)
+@pytest.mark.settings(send_queue_bytes=64 * 1024, rate_burst=10_000, rate_per_second=10_000)
 async def test_a_consumer_that_does_not_read_is_closed_1013_and_the_sender_is_unaffected(
     connect, server
 ):
     # The rate limit is raised far above the flood so that every message of it is accepted:
-    # the test is about the slow reader, not the sender's limit (send_queue_frames=8 is the
+    # the test is about the slow reader, not the sender's limit (send_queue_bytes=64 KiB is the
     # minimum Settings allows).
     sender = await joined(connect, "sender")
     watcher = await joined(connect, "watcher")

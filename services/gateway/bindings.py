@@ -1,0 +1,82 @@
+"""Reference-counted bindings of the gateway's one queue.
+
+A pattern is bound while anyone holds it. Broker operations on one pattern run one at a time, in
+order, and each brings the binding to what the holders want *now*: a join racing the last leave
+of a room can never end with the room unbound while someone is in it. Patterns do not wait for
+each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+
+from roomcast.shared.bus import BusUnavailableError, Subscription
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Gate:
+    """One pattern's lock, and how many callers are using it (it goes with the last)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class Bindings:
+    def __init__(self) -> None:
+        self._subscription: Subscription | None = None
+        self._holders: dict[str, int] = {}
+        self._bound: set[str] = set()
+        self._gates: dict[str, _Gate] = {}
+
+    def attach(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+
+    def __len__(self) -> int:
+        return len(self._bound)
+
+    async def hold(self, pattern: str) -> None:
+        """Count one more holder; returns once the pattern is bound (raises if it cannot be)."""
+        self._holders[pattern] = self._holders.get(pattern, 0) + 1
+        try:
+            await self._settle(pattern)
+        except BaseException:
+            await self.release(pattern)
+            raise
+
+    async def release(self, pattern: str) -> None:
+        """Count one holder less; the last one unbinds (a failed unbind only costs traffic)."""
+        count = self._holders.get(pattern, 0) - 1
+        if count > 0:
+            self._holders[pattern] = count
+            return
+        self._holders.pop(pattern, None)
+        try:
+            await self._settle(pattern)
+        except BusUnavailableError as exc:
+            log.warning("unbind failed; the binding stays until the queue goes", error=str(exc))
+
+    async def _settle(self, pattern: str) -> None:
+        gate = self._gates.get(pattern)
+        if gate is None:
+            gate = self._gates[pattern] = _Gate()
+        gate.users += 1
+        try:
+            async with gate.lock:
+                wanted = pattern in self._holders
+                if wanted == (pattern in self._bound) or self._subscription is None:
+                    return
+                if wanted:
+                    await self._subscription.bind(pattern)
+                    self._bound.add(pattern)
+                else:
+                    await self._subscription.unbind(pattern)
+                    self._bound.discard(pattern)
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[pattern]

@@ -1,0 +1,30 @@
+"""One handler per client event, in one table: a new event is a new module here.
+
+A handler gets the gateway, the connection and the validated payload, and returns the `ack`
+data; it refuses by raising `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..connection import Connection
+from ..protocol import PAYLOADS
+from . import chat, invite, join, leave, typing
+
+if TYPE_CHECKING:
+    from ..gateway import ChatGateway
+
+Handler = Callable[["ChatGateway", Connection, Any], Awaitable[dict[str, object]]]
+
+HANDLERS: dict[str, Handler] = {
+    "userJoin": join.handle,
+    "userTyping": typing.handle,
+    "updateChat": chat.handle,
+    "newRoom": invite.handle,
+    "userLeave": leave.handle,
+}
+
+if HANDLERS.keys() != PAYLOADS.keys():  # pragma: no cover - a wiring mistake, caught at import
+    raise RuntimeError(f"events without a handler or payload: {HANDLERS.keys() ^ PAYLOADS.keys()}")

@@ -1,0 +1,190 @@
+"""A gateway node: its sockets, its one bus subscription, and the frames its clients send.
+
+A connection's frames are handled one at a time, in order, so its messages are published in the
+order it sent them. What each event does is in `events/`; who is in which room is
+`Membership`'s; bus deliveries reach sockets through `Relay`. Every failure a frame meets
+becomes the protocol's `error` for that frame, logged once with its reason: never a 1011 close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import OrderedDict
+
+import structlog
+
+from roomcast.shared.bus import Bus, BusUnavailableError, Subscription
+from roomcast.shared.config import Settings
+from roomcast.shared.sessions import SessionSigner
+from roomcast.shared.tasks import Supervised
+
+from .clients import HistoryClient, PresenceClient
+from .connection import CLOSE_RESTART, BatchTicker, Close, Connection, Limiters, Send
+from .events import HANDLERS
+from .membership import Membership
+from .metrics import CONNECTIONS, ERRORS, FRAMES_IN
+from .protocol import ProtocolError, ack_frame, error_frame, parse_frame
+from .ratelimit import TokenBucket
+from .relay import RecentMessages, Relay
+from .repair import Repairer
+
+log = structlog.get_logger(__name__)
+
+_CHAT_BUDGETS = 100_000  # users whose chat budget is remembered (client input: bounded)
+
+
+class ChatGateway:
+    def __init__(self, bus: Bus, settings: Settings, signer: SessionSigner) -> None:
+        self.id = f"gw-{uuid.uuid4().hex[:12]}"
+        self.bus = bus
+        self.settings = settings
+        self.signer = signer
+        self.membership = Membership()
+        self.recent = RecentMessages()
+        self.relay = Relay(self.membership, self.recent)
+        self.presence = PresenceClient(bus, settings, self.id)
+        self.history = HistoryClient(bus, settings)
+        self.repairer = Repairer(self)
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._ticker = BatchTicker(settings.batch_tick_ms / 1000)
+        self._subscription: Subscription | None = None
+        self._heartbeat = Supervised("gateway-heartbeat", self._beat)
+        self._background: set[asyncio.Task[None]] = set()
+        self._budgets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    # lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._subscription = await self.bus.subscribe(
+            self.relay.on_message, name=self.id, on_gap=self.repairer.on_gap
+        )
+        self.membership.bindings.attach(self._subscription)
+        self._heartbeat.start()
+
+    @property
+    def is_ready(self) -> bool:
+        return self.bus.is_ready and not self.draining and self._heartbeat.healthy
+
+    async def drain(self) -> None:
+        """Close every socket with 1012 (clients reconnect elsewhere) and leave presence, all
+        within `drain_seconds`."""
+        self.draining = True
+        for conn in list(self.membership.connections):
+            conn.close_soon(CLOSE_RESTART)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.drain_seconds):
+                if self.membership.connections:
+                    self._idle.clear()
+                    await self._idle.wait()
+                if self._background:
+                    await asyncio.wait(set(self._background))
+        with contextlib.suppress(BusUnavailableError):
+            await self.presence.gone()
+
+    async def stop(self) -> None:
+        await self._ticker.stop()
+        await self._heartbeat.stop()
+        await self.repairer.stop()
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.close()
+
+    def open(self, send: Send, close: Close, *, batch: bool) -> Connection:
+        s = self.settings
+        conn = Connection(
+            send,
+            close,
+            ticker=self._ticker if batch else None,
+            queue_bytes=s.send_queue_bytes,
+            queue_seconds=s.send_queue_seconds,
+            limiters=Limiters(
+                typing=TokenBucket(s.typing_per_second, s.typing_burst),
+                joins=TokenBucket(s.join_per_second, s.join_burst),
+                invites=TokenBucket(s.invite_per_second, s.invite_burst),
+            ),
+        )
+        self.membership.open(conn)
+        CONNECTIONS.inc()
+        return conn
+
+    async def closed(self, conn: Connection) -> None:
+        """The socket is gone: leave every room locally, then tell presence."""
+        CONNECTIONS.dec()
+        admitted = await self.membership.close(conn)
+        if not self.membership.connections:
+            self._idle.set()
+        if admitted or conn.username is not None:
+            try:
+                await self.presence.disconnect(conn.id)
+            except BusUnavailableError as exc:  # the heartbeat roster tells presence later
+                log.warning("presence not told of a disconnect", conn=conn.id, reason=str(exc))
+
+    def closed_soon(self, conn: Connection) -> None:
+        """Run `closed` in the background: the socket's own task is being cancelled."""
+        task = asyncio.create_task(self.closed(conn))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def chat_budget(self, conn: Connection) -> TokenBucket:
+        """The `updateChat` budget of the connection's user: shared by all of a session's
+        sockets on this gateway (2.2), remembered for a bounded number of users."""
+        key = conn.session_hash or conn.id
+        bucket = self._budgets.get(key)
+        if bucket is None:
+            bucket = TokenBucket(self.settings.rate_per_second, self.settings.rate_burst)
+            self._budgets[key] = bucket
+            if len(self._budgets) > _CHAT_BUDGETS:
+                self._budgets.popitem(last=False)
+        else:
+            self._budgets.move_to_end(key)
+        return bucket
+
+    # frames ---------------------------------------------------------------------------------
+    async def on_frame(self, conn: Connection, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            FRAMES_IN.labels("binary").inc()
+            self._refuse(conn, ProtocolError("bad_frame", "binary frames are not accepted"))
+            return
+        try:
+            frame = parse_frame(data, self.settings)
+        except ProtocolError as exc:
+            FRAMES_IN.labels("invalid").inc()
+            self._refuse(conn, exc)
+            return
+        FRAMES_IN.labels(frame.event).inc()
+        try:
+            result = await HANDLERS[frame.event](self, conn, frame.data)
+        except ProtocolError as exc:
+            exc.ref = frame.ref
+            self._refuse(conn, exc)
+        except BusUnavailableError as exc:
+            log.warning(
+                "a service is unavailable", frame_event=frame.event, conn=conn.id, reason=str(exc)
+            )
+            message = "the service is unavailable; try again"
+            self._refuse(conn, ProtocolError("unavailable", message, frame.ref))
+        except Exception:
+            log.exception("internal error handling a frame", frame_event=frame.event, conn=conn.id)
+            self._refuse(conn, ProtocolError("internal", "internal error", frame.ref))
+        else:
+            if frame.ref is not None:
+                conn.push(ack_frame(frame.ref, result), "ack")
+
+    def _refuse(self, conn: Connection, error: ProtocolError) -> None:
+        ERRORS.labels(error.code).inc()
+        conn.push(error_frame(error), "error")
+
+    async def _beat(self) -> None:
+        """Send presence this gateway's whole roster, so a new presence replica rebuilds from it
+        and a silent gateway is noticed."""
+        while True:
+            try:
+                await self.presence.heartbeat(self.membership.roster())
+            except BusUnavailableError as exc:
+                log.warning("heartbeat not sent", reason=str(exc))
+            else:
+                self._heartbeat.ran_well()
+            self.relay.prune(set(self.membership.rooms()))
+            await asyncio.sleep(self.settings.heartbeat_interval)
