@@ -17,7 +17,18 @@ Guarantees:
   silently.
 - A `Subscription` is a private, transient queue: at-most-once broadcast delivery of whatever
   matches its bindings while it is bound. It dies with its owner. Order is preserved per
-  publisher.
+  publisher. Its handler runs for one message at a time; a handler exception drops that message
+  only.
+- Losses are never silent. Deliveries to a subscription may be lost (1) while the broker
+  connection is down: RabbitMQ deletes the exclusive queue with the connection, and what is
+  published until it is declared again reaches nobody; (2) when the subscription's inbox is
+  full: it holds at most `inbox_limit` messages (default 100,000) waiting for the handler, and
+  drops what comes beyond (counted in `roomcast_bus_inbox_dropped_total`). After either, the
+  subscription's `on_gap` is called, in a task of its own: (1) once the queue, *all* its
+  bindings and its consumer are back, so whatever is published from then on is delivered;
+  (2) once the inbox is back to half its limit. Calls to one subscription's `on_gap` never
+  overlap, and each gap is followed by a call that starts after it. Its owner repairs there
+  (re-reads what it may have missed). Its exceptions are logged.
 - A work queue (`consume`) is durable and shared: each message goes to one consumer, at least
   once. It is acknowledged after the handler returns; a handler that raises `RejectMessage`
   drops it; any other exception requeues it. With `single_active=True` only one consumer
@@ -63,6 +74,8 @@ class Message:
 
 
 Handler = Callable[[Message], Awaitable[None]]
+GapHandler = Callable[[], Awaitable[None]]
+"""Called when deliveries to a subscription may have been lost (see the module docstring)."""
 
 
 @runtime_checkable
@@ -113,8 +126,13 @@ class Bus(Protocol):
     ) -> None:
         """Publish to the topic exchange and wait for the broker's confirm."""
 
-    async def subscribe(self, handler: Handler, *, name: str = "") -> Subscription:
-        """Create a private queue whose deliveries go to `handler`; bind patterns to it."""
+    async def subscribe(
+        self, handler: Handler, *, name: str = "", on_gap: GapHandler | None = None
+    ) -> Subscription:
+        """Create a private queue whose deliveries go to `handler`; bind patterns to it.
+
+        `name` labels its queue, logs and metrics; `on_gap` is called whenever deliveries to it
+        may have been lost."""
 
     async def consume(
         self,

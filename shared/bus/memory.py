@@ -4,7 +4,10 @@ It only works in memory: every service using it must live in the same process (`
 unit tests). Topic matching, per-queue FIFO, work-queue acknowledgement and requeue,
 single-active consumers, request expiry and reply timeouts behave as on RabbitMQ (the contract
 tests hold both to the same rules). Having no disk, a persistent publish is confirmed once every
-work queue it reached has processed it.
+work queue it reached has processed it. Subscription inboxes are bounded as on RabbitMQ (`inbox`).
+
+Nothing here ever loses the connection, so `outage()` simulates it for tests: inside, the bus is
+unavailable; on exit every subscription's `on_gap` fires, as after a RabbitMQ reconnect.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -23,11 +26,13 @@ import structlog
 from .base import (
     BusTimeoutError,
     BusUnavailableError,
+    GapHandler,
     Handler,
     Message,
     RejectMessage,
     topic_matches,
 )
+from .inbox import DEFAULT_INBOX_LIMIT, Inbox
 
 log = structlog.get_logger(__name__)
 
@@ -44,38 +49,23 @@ class _Envelope:
 @dataclass(eq=False)
 class _Subscription:
     bus: InMemoryBus
-    handler: Handler
-    name: str
+    inbox: Inbox
     patterns: set[str] = field(default_factory=set)
-    inbox: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
-    task: asyncio.Task[None] | None = None
 
     async def bind(self, pattern: str) -> None:
+        self.bus._check_open()
         self.patterns.add(pattern)
 
     async def unbind(self, pattern: str) -> None:
+        self.bus._check_open()
         self.patterns.discard(pattern)
 
     async def close(self) -> None:
         self.bus._subscriptions.discard(self)
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await self.inbox.close()
 
     def matches(self, key: str) -> bool:
         return any(topic_matches(p, key) for p in self.patterns)
-
-    async def run(self) -> None:
-        while True:
-            message = await self.inbox.get()
-            try:
-                await self.handler(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # At-most-once: a failed broadcast delivery is dropped, as with auto-ack.
-                log.exception("subscription handler failed", subscription=self.name)
 
 
 @dataclass(eq=False)
@@ -165,12 +155,14 @@ def _settle(envelope: _Envelope) -> None:
 class InMemoryBus:
     """A `Bus` for services that share one process and event loop."""
 
-    def __init__(self, name: str = "memory") -> None:
+    def __init__(self, name: str = "memory", *, inbox_limit: int = DEFAULT_INBOX_LIMIT) -> None:
         self.name = name
+        self.inbox_limit = inbox_limit
         self._subscriptions: set[_Subscription] = set()
         self._queues: dict[str, _WorkQueue] = {}
         self._replies: dict[str, asyncio.Future[bytes]] = {}
         self._open = False
+        self._outage = False
 
     async def connect(self) -> None:
         self._open = True
@@ -191,11 +183,30 @@ class InMemoryBus:
 
     @property
     def is_ready(self) -> bool:
-        return self._open
+        return self._open and not self._outage
 
     def _check_open(self) -> None:
         if not self._open:
             raise BusUnavailableError("the in-memory bus is not connected")
+        if self._outage:
+            raise BusUnavailableError("the in-memory bus is in an outage (test hook)")
+
+    @contextlib.asynccontextmanager
+    async def outage(self) -> AsyncIterator[None]:
+        """Test hook: the broker is away while inside, then back, as RabbitMQ across a restart.
+
+        Inside, `is_ready` is False, and every operation (publish, request, reply, subscribe,
+        bind, unbind, consume) raises `BusUnavailableError`, so no broadcast is delivered.
+        Work queues keep what they hold. On exit, every subscription's `on_gap` is called."""
+        if self._outage:
+            raise RuntimeError("already in an outage")
+        self._outage = True
+        try:
+            yield
+        finally:
+            self._outage = False
+            for sub in list(self._subscriptions):
+                sub.inbox.gap("reconnect")
 
     async def publish(
         self,
@@ -216,7 +227,7 @@ class InMemoryBus:
     ) -> list[asyncio.Future[None]]:
         for sub in self._subscriptions:
             if sub.matches(message.routing_key):
-                sub.inbox.put_nowait(message)
+                sub.inbox.put(message)
         settled: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         for queue in self._queues.values():
@@ -227,10 +238,19 @@ class InMemoryBus:
                 queue.put(_Envelope(message, expires_at, future))
         return settled
 
-    async def subscribe(self, handler: Handler, *, name: str = "") -> _Subscription:
+    async def subscribe(
+        self, handler: Handler, *, name: str = "", on_gap: GapHandler | None = None
+    ) -> _Subscription:
         self._check_open()
-        sub = _Subscription(self, handler, name or f"sub-{uuid.uuid4().hex[:8]}")
-        sub.task = asyncio.create_task(sub.run(), name=f"bus-sub-{sub.name}")
+        inbox = Inbox(
+            handler,
+            name=f"{name or 'sub'}-{uuid.uuid4().hex[:8]}",
+            label=name,
+            limit=self.inbox_limit,
+            on_gap=on_gap,
+        )
+        inbox.start()
+        sub = _Subscription(self, inbox)
         self._subscriptions.add(sub)
         return sub
 
@@ -287,6 +307,8 @@ class InMemoryBus:
     async def reply(self, request: Message, body: bytes) -> None:
         if request.correlation_id is None:
             return
+        if self._outage:
+            raise BusUnavailableError("the in-memory bus is in an outage (test hook)")
         future = self._replies.get(request.correlation_id)
         if future is not None and not future.done():
             future.set_result(body)

@@ -1,0 +1,112 @@
+"""The broker connection: opening it, bounding every round trip, publishing with confirms.
+
+Guarantees:
+- `open_connection` retries the *first* connection itself (exponential backoff, up to
+  `connect_timeout`): `connect_robust` only recovers connections that once succeeded and fails at
+  once when the broker is down at start-up (aio-pika #202). Later drops are aio-pika's to recover:
+  it reconnects every `reconnect_interval` and restores channels, exchanges, queues, bindings and
+  consumers. Giving up raises `BusUnavailableError`.
+- `broker_op` bounds one broker round trip and turns aio-pika's failures into
+  `BusUnavailableError`: robust channels wait for a reconnection without limit, which must never
+  hang a caller.
+- `Publisher.publish` returns once the broker confirmed the message (one confirm channel for the
+  whole bus), and raises `BusUnavailableError` when it cannot be confirmed within the bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from ..base import BusUnavailableError
+
+log = structlog.get_logger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def broker_op(what: str, limit: float) -> AsyncIterator[None]:
+    """Bound a broker round trip and raise the bus's own error for aio-pika's failures."""
+    try:
+        async with asyncio.timeout(limit):
+            yield
+    except TimeoutError as exc:  # before CONNECTION_EXCEPTIONS: TimeoutError is an OSError
+        raise BusUnavailableError(f"{what}: no answer from the broker in {limit:g}s") from exc
+    except CONNECTION_EXCEPTIONS as exc:
+        raise BusUnavailableError(f"{what}: {exc!r}") from exc
+
+
+async def close_channel(channel: AbstractRobustChannel, limit: float) -> None:
+    """Close a channel we own; a close the broker does not confirm goes with the connection."""
+    try:
+        async with broker_op("close channel", limit):
+            await channel.close()
+    except BusUnavailableError:
+        log.warning("channel close not confirmed; it goes with the connection")
+
+
+async def open_connection(
+    url: str, *, name: str, describe: str, connect_timeout: float, reconnect_interval: float
+) -> AbstractRobustConnection:
+    """A robust connection named `name` (the management UI shows it), retried until it opens."""
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(connect_timeout),
+            wait=wait_exponential(multiplier=0.2, max=3),
+            retry=retry_if_exception_type(CONNECTION_EXCEPTIONS),
+            before_sleep=lambda state: log.warning(
+                "broker not reachable; retrying", bus=describe, attempt=state.attempt_number
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                return await aio_pika.connect_robust(
+                    url,
+                    client_properties={"connection_name": name},
+                    reconnect_interval=reconnect_interval,
+                    timeout=min(10.0, connect_timeout),
+                )
+    except CONNECTION_EXCEPTIONS as exc:
+        raise BusUnavailableError(f"{describe}: no broker within {connect_timeout:g}s") from exc
+    raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+
+class Publisher:
+    """The bus's one confirm channel and its topic exchange (declared durable)."""
+
+    def __init__(
+        self, channel: AbstractRobustChannel, exchange: AbstractRobustExchange, op_timeout: float
+    ) -> None:
+        self.channel = channel
+        self.exchange = exchange
+        self._op_timeout = op_timeout
+
+    @classmethod
+    async def open(
+        cls, connection: AbstractRobustConnection, exchange_name: str, op_timeout: float
+    ) -> Publisher:
+        async with broker_op("declare exchange", op_timeout):
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.declare_exchange(
+                exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        return cls(channel, exchange, op_timeout)
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, exchange: AbstractExchange | None = None
+    ) -> None:
+        """Publish and wait for the confirm; not mandatory: a key nobody listens to is fine."""
+        async with broker_op(f"publish {routing_key!r}", self._op_timeout):
+            await self.channel.ready()
+            await (exchange or self.exchange).publish(message, routing_key, mandatory=False)

@@ -1,0 +1,137 @@
+"""Broadcast subscriptions on RabbitMQ: one exclusive, auto-delete queue each, on its own channel.
+
+Guarantees:
+- At-most-once: the queue is consumed without acks (it dies with its owner, so acks would buy
+  nothing), and whatever matches its bindings while it is bound is delivered once, in the order
+  each publisher published it: deliveries go through one bounded `Inbox` and one handler task
+  (aio-pika runs every delivery callback as its own task, which alone would not keep order).
+- `bind`/`unbind` return once the broker confirmed them, or raise `BusUnavailableError`.
+- Losses are reported, never silent: the exclusive queue dies with the connection. aio-pika
+  declares it again after a reconnect, with every binding and its consumer, and only then calls
+  the channel's reopen callbacks; ours reports the gap to the inbox, which calls `on_gap`. A
+  channel that alone was closed and reopened is reported the same way (what it had been sent but
+  not handed over is gone). Overflow of the inbox is reported by the inbox itself.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+)
+
+from ..base import BusUnavailableError, GapHandler, Handler
+from ..inbox import Inbox
+from .connection import broker_op, close_channel
+from .messages import to_message
+
+log = structlog.get_logger(__name__)
+
+_NOT_IN_QUEUE_NAMES = re.compile(r"[^a-zA-Z0-9_.:-]")
+# A transient subscription is consumed with no_ack, which basic.qos does not limit anyway.
+_PREFETCH = 1000
+
+
+class RabbitSubscription:
+    """An exclusive queue, its channel, and the inbox that feeds the handler."""
+
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        queue: AbstractRobustQueue,
+        inbox: Inbox,
+        *,
+        exchange: str,
+        op_timeout: float,
+        forget: Callable[[RabbitSubscription], None],
+    ) -> None:
+        self._channel = channel
+        self.queue = queue
+        self.inbox = inbox
+        self._exchange = exchange
+        self._op_timeout = op_timeout
+        self._forget = forget
+
+    async def start(self) -> None:
+        await self.queue.consume(self._on_delivery, no_ack=True)
+        self.inbox.start()
+        self._channel.reopen_callbacks.add(self._on_reopen)
+
+    async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
+        self.inbox.put(to_message(incoming))
+
+    def _on_reopen(self, _channel: Any) -> None:
+        """aio-pika restored the channel: queue declared, every binding and the consumer back."""
+        self.inbox.gap("reconnect")
+
+    async def bind(self, pattern: str) -> None:
+        async with broker_op(f"bind {pattern!r}", self._op_timeout):
+            await self.queue.bind(self._exchange, pattern)
+
+    async def unbind(self, pattern: str) -> None:
+        async with broker_op(f"unbind {pattern!r}", self._op_timeout):
+            await self.queue.unbind(self._exchange, pattern)
+
+    async def stop(self) -> None:
+        """Stop handing messages over; the queue goes with the connection."""
+        self._channel.reopen_callbacks.discard(self._on_reopen)
+        self._forget(self)
+        await self.inbox.close()
+
+    async def close(self) -> None:
+        await self.stop()
+        try:
+            async with broker_op("delete subscription queue", self._op_timeout):
+                await self.queue.delete(if_unused=False, if_empty=False)
+        except BusUnavailableError:
+            log.warning("subscription queue not deleted; it goes with the connection")
+        finally:  # a closed robust channel is never restored, whatever happened above
+            await close_channel(self._channel, self._op_timeout)
+
+
+def queue_name(bus_name: str, name: str) -> str:
+    """A readable, unique queue name. aio-pika names even "server-named" robust queues itself,
+    so that it can declare them again after a reconnect; a readable one helps in the UI."""
+    label = _NOT_IN_QUEUE_NAMES.sub("-", f"{bus_name}.{name or 'sub'}")[:200]
+    return f"{label}.{uuid.uuid4().hex[:12]}"
+
+
+async def open_subscription(
+    connection: AbstractRobustConnection,
+    handler: Handler,
+    *,
+    bus_name: str,
+    name: str,
+    exchange: str,
+    op_timeout: float,
+    inbox_limit: int,
+    on_gap: GapHandler | None,
+    forget: Callable[[RabbitSubscription], None],
+) -> RabbitSubscription:
+    """A channel of its own, the queue declared on it, consuming."""
+    channel: AbstractRobustChannel | None = None
+    try:
+        async with broker_op("subscribe", op_timeout):
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=_PREFETCH)
+            queue = await channel.declare_queue(
+                queue_name(bus_name, name), exclusive=True, auto_delete=True
+            )
+            inbox = Inbox(handler, name=queue.name, label=name, limit=inbox_limit, on_gap=on_gap)
+            sub = RabbitSubscription(
+                channel, queue, inbox, exchange=exchange, op_timeout=op_timeout, forget=forget
+            )
+            await sub.start()
+    except BusUnavailableError:
+        if channel is not None:
+            await close_channel(channel, op_timeout)
+        raise
+    return sub
