@@ -24,6 +24,8 @@ ErrorCode = Literal[
     "rate_limited",
     "unavailable",
     "internal",
+    "not_found",
+    "forbidden",
 ]
 
 ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))

@@ -7,6 +7,8 @@ can tune them. Validation here is pure: no I/O, shared by the gateway, history a
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,7 +23,13 @@ def is_valid_name(value: str, max_chars: int) -> bool:
 
 
 class ChatMessage(BaseModel):
-    """A stored chat message, exactly as clients see it."""
+    """A chat message in its current state, exactly as clients see it (`wire()`).
+
+    `rev` orders the changes of one room (PROTOCOL.md 2.3): a new message, an edit, a delete and
+    a reaction each get a larger one. A gateway proposes it when it publishes (`RevClock`), and
+    the store may raise it, never lower it, to keep a room's revs unique and growing in the
+    order they were stored: so `sinceRev` from the largest rev a client saw misses nothing.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -30,3 +38,24 @@ class ChatMessage(BaseModel):
     body: str
     time: int
     room: str
+    rev: int = 0
+    edited: int | None = None  # ms of the last edit
+    deleted: bool | None = None  # True for a tombstone (then `body` is "")
+    reactions: dict[str, list[str]] | None = None  # emoji -> sorted usernames; none left out
+
+    def wire(self) -> dict[str, object]:
+        """The message object of the protocol: optional fields only when they say something."""
+        return self.model_dump(exclude_none=True)
+
+
+class RevClock:
+    """Proposes revs: milliseconds times 1000 plus a counter, never repeating or going back
+    in one process, so proposals of several gateways interleave roughly in time order."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(int(self._clock() * 1000) * 1000, self._last + 1)
+        return self._last
