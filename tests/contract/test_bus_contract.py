@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from roomcast.shared.bus import (
     BusTimeoutError,
     BusUnavailableError,
     Consumer,
     Handler,
+    InMemoryBus,
     Message,
     RejectMessage,
     Subscription,
@@ -28,7 +31,7 @@ from roomcast.shared.bus.rabbit import RabbitBus
 from tests.servers.rabbitmq import free_port
 
 if TYPE_CHECKING:
-    from tests.contract.conftest import BusEnv
+    from tests.contract.conftest import BusEnv, Restartable
     from tests.servers import PrivateRabbitNode
 
 WAIT = 10.0
@@ -217,6 +220,205 @@ async def test_closed_subscription_receives_nothing(env: BusEnv) -> None:
     await env.bus.publish("room.c.msg", b"after-close")
     await live.wait_for_body(b"after-close")
     assert closed.bodies == []
+
+
+# --- losses are reported: on_gap, bounded inboxes, supervised handler tasks -------------------
+
+
+def sample(metric: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = WAIT) -> None:
+    """A bounded wait for something the test cannot await directly (a metric, a flag)."""
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 - metrics and flags have no event
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"{what}: not within {within:g}s")
+
+
+class GapCounter:
+    """An `on_gap` that counts its calls and what the subscription had received by then."""
+
+    def __init__(self, inbox: Inbox | None = None) -> None:
+        self.calls = 0
+        self.seen_at_call: list[int] = []
+        self._inbox = inbox
+        self.called = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        self.seen_at_call.append(len(self._inbox.messages) if self._inbox else 0)
+        self.called.set()
+
+
+async def test_full_inbox_drops_counts_and_calls_on_gap_once_it_has_room(env: BusEnv) -> None:
+    bus = await env.another_bus(inbox_limit=10)
+    label = f"overflow-{env.kind}-{uuid.uuid4().hex[:6]}"
+    dropped = "roomcast_bus_inbox_dropped_total"
+    inbox, release, holding = Inbox(), asyncio.Event(), asyncio.Event()
+
+    async def slow(message: Message) -> None:
+        if message.body == b"0":
+            holding.set()
+            await release.wait()
+        await inbox(message)
+
+    on_gap = GapCounter(inbox)
+    sub = await bus.subscribe(slow, name=label, on_gap=on_gap)
+    await sub.bind("room.o.*")
+    await bus.publish("room.o.msg", b"0")
+    await bounded(holding.wait())  # the handler holds "0": the inbox itself is empty
+    for i in range(1, 16):  # 10 fit, 5 do not
+        await bus.publish("room.o.msg", b"%d" % i)
+    await until(lambda: sample(dropped, subscription=label) == 5, "5 drops")
+    assert sample("roomcast_bus_inbox_depth", subscription=label) == 10
+    assert on_gap.calls == 0  # no room yet
+    assert sample("roomcast_bus_inbox_overflows_total", subscription=label) == 1  # one episode
+
+    release.set()
+    await bounded(on_gap.called.wait())
+    await inbox.wait_for_count(11)
+    await bus.publish("room.o.msg", b"end")
+    await inbox.wait_for_body(b"end")
+    assert inbox.bodies == [b"%d" % i for i in range(11)] + [b"end"]
+    assert on_gap.calls == 1
+    assert sample(dropped, subscription=label) == 5
+    assert sample("roomcast_bus_gaps_total", subscription=label, reason="overflow") == 1
+
+
+async def test_a_dying_subscription_task_is_counted_and_restarted(env: BusEnv) -> None:
+    class Fatal(BaseException):
+        """Escapes the loop's `except Exception`, as no handler error should."""
+
+    inbox = Inbox()
+
+    async def handler(message: Message) -> None:
+        await inbox(message)
+        if message.body == b"die":
+            raise Fatal("the subscription loop dies (expected by the test)")
+
+    deaths = sample("roomcast_bus_task_deaths_total", task="subscription")
+    sub = await env.bus.subscribe(handler, name="dies")
+    await sub.bind("room.d.*")
+    for body in (b"1", b"die", b"2"):
+        await env.bus.publish("room.d.msg", body)
+    await inbox.wait_for_body(b"2")
+    assert inbox.bodies == [b"1", b"die", b"2"]
+    assert sample("roomcast_bus_task_deaths_total", task="subscription") == deaths + 1
+    await sub.close()  # and close() ends it for good: no death counted
+    assert sample("roomcast_bus_task_deaths_total", task="subscription") == deaths + 1
+
+
+async def test_on_gap_exceptions_are_logged_and_later_gaps_still_call_it(
+    restartable: Restartable,
+) -> None:
+    bus, calls = restartable.bus, list[int]()
+
+    async def failing_gap() -> None:
+        calls.append(len(calls))
+        raise RuntimeError("on_gap failure (expected by the test)")
+
+    await bus.subscribe(Inbox(), name="failing-gap", on_gap=failing_gap)
+    for expected in (1, 2):
+        async with restartable.outage():
+            pass
+        await until(lambda n=expected: len(calls) >= n, f"on_gap call {expected}", 60)  # type: ignore[misc]
+
+
+async def test_on_gap_after_a_reconnect_comes_once_every_binding_is_back(
+    restartable: Restartable,
+) -> None:
+    """on_gap publishes one message per binding at once: a binding not yet restored would lose
+    its message, and the wait for all three would fail."""
+    bus, inbox = restartable.bus, Inbox()
+    keys = ["room.a.msg", "room.b.msg", "user.x.y"]
+    published = asyncio.Event()
+    calls = 0
+
+    async def on_gap() -> None:
+        nonlocal calls
+        calls += 1
+        for key in keys:
+            await bus.publish(key, b"after-gap %d %s" % (calls, key.encode()))
+        published.set()
+
+    sub = await bus.subscribe(inbox, name="gap", on_gap=on_gap)
+    for pattern in ("room.a.*", "room.b.*", "user.#"):
+        await sub.bind(pattern)
+    await bus.publish("room.a.msg", b"before")
+    await inbox.wait_for_body(b"before")
+    assert calls == 0  # nothing was lost yet
+
+    async with restartable.outage():
+        await until(lambda: not bus.is_ready, "not ready while the broker is away", 60)
+        with pytest.raises(BusUnavailableError):
+            await bus.publish("room.a.msg", b"lost")
+    async with asyncio.timeout(90):  # a RabbitMQ app start and a reconnect, on a busy machine
+        await published.wait()
+    await inbox.wait_for(lambda ms: all(any(k.encode() in m.body for m in ms) for k in keys))
+    assert bus.is_ready
+    assert b"lost" not in inbox.bodies
+
+
+@pytest.mark.unit
+async def test_memory_outage_makes_the_bus_unavailable_then_reports_the_gap() -> None:
+    bus = InMemoryBus(name="outage")
+    await bus.connect()
+    try:
+        inbox, gaps, other_gaps = Inbox(), GapCounter(), GapCounter()
+        sub = await bus.subscribe(inbox, name="outage", on_gap=gaps)
+        await bus.subscribe(Inbox(), name="other", on_gap=other_gaps)
+        await sub.bind("room.a.*")
+        consumed = Inbox()
+        await bus.consume("outage.q", ["job.*"], consumed)
+        assert bus.is_ready
+        async with bus.outage():
+            assert not bus.is_ready
+            for operation in (
+                bus.publish("room.a.msg", b"lost"),
+                bus.request("rpc.x", b"?", timeout=1),
+                bus.reply(Message("rpc.x", b"", reply_to="r", correlation_id="c"), b"!"),
+                bus.subscribe(Inbox()),
+                sub.bind("room.b.*"),
+                sub.unbind("room.a.*"),
+                bus.consume("outage.q", ["job.*"], Inbox()),
+            ):
+                with pytest.raises(BusUnavailableError):
+                    await operation
+            with pytest.raises(RuntimeError):
+                async with bus.outage():
+                    pass
+            assert gaps.calls == 0  # reported when the bus is back, not before
+        assert bus.is_ready
+        await bounded(gaps.called.wait())
+        await bounded(other_gaps.called.wait())
+        await bus.publish("room.a.msg", b"after")
+        await bus.publish("job.run", b"work", persistent=True)
+        await inbox.wait_for_body(b"after")
+        assert inbox.bodies == [b"after"]
+        assert consumed.bodies == [b"work"]
+        assert (gaps.calls, other_gaps.calls) == (1, 1)
+    finally:
+        await bus.close()
+
+
+@pytest.mark.unit
+async def test_memory_outage_reports_the_gap_even_when_the_block_raises() -> None:
+    bus = InMemoryBus(name="outage-raises")
+    await bus.connect()
+    try:
+        gaps = GapCounter()
+        await bus.subscribe(Inbox(), on_gap=gaps)
+        with pytest.raises(ZeroDivisionError):
+            async with bus.outage():
+                raise ZeroDivisionError
+        assert bus.is_ready
+        await bounded(gaps.called.wait())
+    finally:
+        await bus.close()
 
 
 # --- work queues -------------------------------------------------------------------------------
