@@ -86,17 +86,37 @@ class HistoryQuery(Wire):
     """`recent`: the newest `limit`; `since`: after an id (recovery); `before`: a page back;
     `lookup`: the stored message with id `id`, if any (judging a client's id)."""
 
-    op: Literal["recent", "since", "before", "lookup"]
+    op: Literal["recent", "since", "since_rev", "before", "lookup"]
     limit: int
     since: str | None = None
+    since_rev: int | None = None
     before: str | None = None
     id: str | None = None
+    reader: str | None = None  # with recent/since/since_rev: also this reader's read state
+    username: str | None = None  # the reader's username (its own messages are never unread)
 
 
 class HistoryReply(Wire):
     messages: list[ChatMessage]
     recovered: bool | None = None
     known: bool = True
+    last_read: str | None = None
+    unread: int | None = None
+
+
+class ChangeRequest(Wire):
+    """A change to a stored message (2.3), judged and applied by history in queue order."""
+
+    op: Literal["edit", "delete", "react", "markRead"]
+    id: str
+    author: str  # the requester's identity (session hash)
+    username: str
+    rev: int  # the gateway's proposal
+    at: int  # ms
+    body: str | None = None
+    emoji: str | None = None
+    add: bool | None = None
+    moderator: bool = False
 
 
 M = TypeVar("M", bound=BaseModel)

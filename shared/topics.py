@@ -15,6 +15,8 @@ class Header:
     MESSAGE_ID = "id"  # a chat message's id, for de-duplication
     PUBLICATION = "pub"  # one publication of that id, to tell a re-send from a repeat
     SENT_AT = "ts"  # publish time, seconds since the epoch (fan-out latency)
+    AUTHOR = "author"  # the identity (session hash) of a chat message's author
+    NOT_TO = "not-to"  # a username whose own sockets skip the event (seen receipts)
 
 
 class Route(NamedTuple):

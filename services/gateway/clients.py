@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 import structlog
+from pydantic import BaseModel
 
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, BusUnavailableError
@@ -23,14 +24,20 @@ _LOOKUP_TIMEOUT = 1.0
 _LOOKUPS_OFF_SECONDS = 5.0
 
 
+class Admission(BaseModel):
+    users: list[str]
+    private: bool = False
+
+
 class PresenceClient:
     def __init__(self, bus: Bus, settings: Settings, gateway: str) -> None:
         self._bus = bus
         self._settings = settings
         self._gateway = gateway
 
-    async def join(self, conn: str, username: str, session_hash: str, room: str) -> list[str]:
-        """Admit the connection to the room; returns the room's users (the joiner's snapshot)."""
+    async def join(self, conn: str, username: str, session_hash: str, room: str) -> Admission:
+        """Admit the connection to the room: the room's users (the joiner's snapshot), and
+        whether the room is private."""
         request = rpc.JoinRequest(
             gateway=self._gateway,
             conn=conn,
@@ -38,9 +45,7 @@ class PresenceClient:
             room=room,
             session_hash=session_hash,
         )
-        result = await self._call("join", request)
-        users = result.get("users") if isinstance(result, dict) else None
-        return [u for u in users if isinstance(u, str)] if isinstance(users, list) else []
+        return Admission.model_validate(await self._call("join", request))
 
     async def leave(self, conn: str, room: str) -> None:
         await self._call("leave", rpc.LeaveRequest(gateway=self._gateway, conn=conn, room=room))
@@ -103,17 +108,57 @@ class HistoryClient:
         self._clock = clock
         self._lookups_off_until = 0.0
 
-    async def recent(self, room: str, limit: int | None = None) -> rpc.HistoryReply:
-        return await self._ask(
-            room, rpc.HistoryQuery(op="recent", limit=limit or self._settings.history_default)
+    async def recent(
+        self,
+        room: str,
+        limit: int | None = None,
+        *,
+        reader: str | None = None,
+        username: str | None = None,
+    ) -> rpc.HistoryReply:
+        """The newest messages; with `reader`, also that reader's read state."""
+        query = rpc.HistoryQuery(
+            op="recent",
+            limit=limit or self._settings.history_default,
+            reader=reader,
+            username=username,
         )
+        return await self._ask(room, query)
 
-    async def since(self, room: str, message_id: str) -> rpc.HistoryReply:
-        query = rpc.HistoryQuery(op="since", since=message_id, limit=self._settings.recovery_max)
+    async def since(
+        self, room: str, message_id: str, reader: str | None = None, username: str | None = None
+    ) -> rpc.HistoryReply:
+        query = rpc.HistoryQuery(
+            op="since",
+            since=message_id,
+            limit=self._settings.recovery_max,
+            reader=reader,
+            username=username,
+        )
+        return await self._ask(room, query)
+
+    async def since_rev(
+        self, room: str, rev: int, reader: str | None = None, username: str | None = None
+    ) -> rpc.HistoryReply:
+        """Every message whose rev is above `rev` (new and changed), in rev order."""
+        query = rpc.HistoryQuery(
+            op="since_rev",
+            since_rev=rev,
+            limit=self._settings.recovery_max,
+            reader=reader,
+            username=username,
+        )
         return await self._ask(room, query)
 
     async def before(self, room: str, message_id: str | None, limit: int) -> rpc.HistoryReply:
         return await self._ask(room, rpc.HistoryQuery(op="before", before=message_id, limit=limit))
+
+    async def change(self, room: str, change: rpc.ChangeRequest) -> dict[str, object]:
+        """Have history judge and apply a change (edit, delete, react, markRead)."""
+        result = await rpc.call(
+            self._bus, topics.history_request(room), change, timeout=self._settings.request_timeout
+        )
+        return dict(result) if isinstance(result, dict) else {}
 
     async def lookup(self, room: str, message_id: str) -> ChatMessage | None:
         """The stored message with this id in the room, if there is one.

@@ -17,6 +17,7 @@ import structlog
 
 from roomcast.shared.bus import Bus, BusUnavailableError, Subscription
 from roomcast.shared.config import Settings
+from roomcast.shared.models import RevClock
 from roomcast.shared.sessions import SessionSigner
 from roomcast.shared.tasks import Supervised
 
@@ -43,6 +44,7 @@ class ChatGateway:
         self.signer = signer
         self.membership = Membership()
         self.recent = RecentMessages()
+        self.revs = RevClock()
         self.relay = Relay(self.membership, self.recent)
         self.presence = PresenceClient(bus, settings, self.id)
         self.history = HistoryClient(bus, settings)

@@ -35,6 +35,7 @@ class Member:
     room: str
     held: list[Held] | None = field(default_factory=list)  # None once live
     admitted: bool = False  # presence counts it
+    private: bool = False  # the room is private to two users
 
     def deliver(self, frame: str, event: str, message_id: str | None, size: int) -> None:
         held = self.held

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from roomcast.shared.config import Limits
 from roomcast.shared.errors import ErrorCode, ProtocolError
@@ -29,6 +38,10 @@ ServerEvent = Literal[
     "userTyping",
     "updateChat",
     "newRoom",
+    "editChat",
+    "deleteChat",
+    "react",
+    "readMarker",
     "ack",
     "error",
 ]
@@ -43,6 +56,7 @@ class JoinData(_Payload):
     room: StrictStr
     session: StrictStr | None = None
     since: StrictStr | None = None
+    since_rev: StrictInt | None = Field(None, alias="sinceRev", ge=0)
 
 
 class TypingData(_Payload):
@@ -67,7 +81,40 @@ class LeaveData(_Payload):
     room: StrictStr
 
 
-Payload = JoinData | TypingData | ChatData | NewRoomData | LeaveData
+class EditData(_Payload):
+    room: StrictStr
+    id: StrictStr
+    body: StrictStr
+
+
+class DeleteData(_Payload):
+    room: StrictStr
+    id: StrictStr
+
+
+class ReactData(_Payload):
+    room: StrictStr
+    id: StrictStr
+    emoji: StrictStr
+    add: StrictBool
+
+
+class MarkReadData(_Payload):
+    room: StrictStr
+    id: StrictStr
+
+
+Payload = (
+    JoinData
+    | TypingData
+    | ChatData
+    | NewRoomData
+    | LeaveData
+    | EditData
+    | DeleteData
+    | ReactData
+    | MarkReadData
+)
 
 PAYLOADS: dict[str, type[Payload]] = {
     "userJoin": JoinData,
@@ -75,7 +122,13 @@ PAYLOADS: dict[str, type[Payload]] = {
     "updateChat": ChatData,
     "newRoom": NewRoomData,
     "userLeave": LeaveData,
+    "editChat": EditData,
+    "deleteChat": DeleteData,
+    "react": ReactData,
+    "markRead": MarkReadData,
 }
+MAX_ID_CHARS = 128
+MAX_EMOJI_CHARS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,18 +201,38 @@ def _check_limits(payload: Payload, limits: Limits, ref: str | None) -> None:
         raise ProtocolError(
             "invalid", f"room must be 1 to {limits.max_room_chars} letters, digits, '_' or '-'", ref
         )
+    if isinstance(payload, ChatData | EditData):
+        _check_body(payload.body, limits, ref)
     if isinstance(payload, ChatData):
-        body = payload.body.strip()
-        if not body or len(body) > limits.max_body_chars:
-            raise ProtocolError(
-                "invalid",
-                f"body must be 1 to {limits.max_body_chars} characters after trimming",
-                ref,
-            )
         if payload.id is not None and not CLIENT_ID_RE.fullmatch(payload.id):
             raise ProtocolError("invalid", "id must be 8 to 64 characters of A-Z a-z 0-9 _ -", ref)
-    if isinstance(payload, JoinData) and payload.since is not None and len(payload.since) > 128:
-        raise ProtocolError("invalid", "since must be a message id", ref)
+    elif isinstance(payload, EditData | DeleteData | ReactData | MarkReadData) and not (
+        0 < len(payload.id) <= MAX_ID_CHARS
+    ):
+        raise ProtocolError("invalid", f"id must be a message id (1 to {MAX_ID_CHARS})", ref)
+    if isinstance(payload, ReactData):
+        emoji = payload.emoji
+        if (
+            not 0 < len(emoji) <= MAX_EMOJI_CHARS
+            or not emoji.isprintable()
+            or emoji != "".join(emoji.split())
+        ):
+            raise ProtocolError(
+                "invalid", f"emoji must be 1 to {MAX_EMOJI_CHARS} visible characters", ref
+            )
+    if isinstance(payload, JoinData):
+        if payload.since is not None and not 0 < len(payload.since) <= MAX_ID_CHARS:
+            raise ProtocolError("invalid", "since must be a message id", ref)
+        if payload.since is not None and payload.since_rev is not None:
+            raise ProtocolError("invalid", "give 'since' or 'sinceRev', not both", ref)
+
+
+def _check_body(body: str, limits: Limits, ref: str | None) -> None:
+    trimmed = body.strip()
+    if not trimmed or len(trimmed) > limits.max_body_chars:
+        raise ProtocolError(
+            "invalid", f"body must be 1 to {limits.max_body_chars} characters after trimming", ref
+        )
 
 
 # server to client --------------------------------------------------------------------------
@@ -180,11 +253,15 @@ __all__ = [
     "PAYLOADS",
     "ChatData",
     "ClientFrame",
+    "DeleteData",
+    "EditData",
     "ErrorCode",
     "JoinData",
     "LeaveData",
+    "MarkReadData",
     "NewRoomData",
     "ProtocolError",
+    "ReactData",
     "ServerEvent",
     "TypingData",
     "ack_frame",

@@ -82,9 +82,11 @@ class Relay:
                     return
                 self.last_ids[route.name] = message_id
             origin = headers.get(Header.ORIGIN)
+            not_to = headers.get(Header.NOT_TO)
             size = len(message.body)
             for member in self._membership.members(route.name):
-                if member.conn.id != origin:
+                conn = member.conn
+                if conn.id != origin and (not_to is None or conn.username != not_to):
                     member.deliver(frame, route.event, message_id, size)
         elif route.kind == "user":
             for conn in self._membership.user_connections(route.name):

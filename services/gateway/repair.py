@@ -100,7 +100,7 @@ class Repairer:
             return
         count = 0
         for message in reply.messages:
-            frame = event_frame("updateChat", message.model_dump(), room=room)
+            frame = event_frame("updateChat", message.wire(), room=room)
             if gw.relay.replay(room, message.id, frame):
                 count += 1
         REPAIRED.inc(count)

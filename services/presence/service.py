@@ -124,7 +124,7 @@ class PresenceService:
             req.gateway, req.conn, req.username, req.session_hash, req.room, now
         )
         self._announced = self._announcer.announce(changes)
-        return rpc.result({"users": self.state.users(req.room)})
+        return rpc.result({"users": self.state.users(req.room), "private": private is not None})
 
     async def _leave(self, message: Message) -> bytes:
         req = rpc.decode(rpc.LeaveRequest, message)

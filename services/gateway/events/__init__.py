@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..connection import Connection
 from ..protocol import PAYLOADS
-from . import chat, invite, join, leave, typing
+from . import chat, delete, edit, invite, join, leave, mark_read, react, typing
 
 if TYPE_CHECKING:
     from ..gateway import ChatGateway
@@ -24,6 +24,10 @@ HANDLERS: dict[str, Handler] = {
     "updateChat": chat.handle,
     "newRoom": invite.handle,
     "userLeave": leave.handle,
+    "editChat": edit.handle,
+    "deleteChat": delete.handle,
+    "react": react.handle,
+    "markRead": mark_read.handle,
 }
 
 if HANDLERS.keys() != PAYLOADS.keys():  # pragma: no cover - a wiring mistake, caught at import

@@ -46,8 +46,9 @@ async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str,
         body=data.body.strip(),
         time=int(time.time() * 1000),
         room=data.room,
+        rev=gw.revs.next(),
     )
-    payload = message.model_dump()
+    payload = message.wire()
     frame = event_frame("updateChat", payload, room=data.room)
     publication = uuid.uuid4().hex[:16]
     gw.recent.remember(data.room, message.id, Seen(publication, frame, False, conn.id))
@@ -61,6 +62,7 @@ async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str,
                     Header.MESSAGE_ID: message.id,
                     Header.PUBLICATION: publication,
                     Header.SENT_AT: f"{time.time():.6f}",
+                    Header.AUTHOR: conn.session_hash or "",
                 },
                 persistent=True,
             )
@@ -82,4 +84,4 @@ async def _stored(gw: ChatGateway, room: str, message_id: str) -> dict[str, obje
         # History is down: chat goes on (2.2). The store keeps the first message of an id, so a
         # clash is only possible while history is away; the lookup is back when it is.
         return None
-    return stored.model_dump() if stored is not None else None
+    return stored.wire() if stored is not None else None

@@ -7,7 +7,8 @@
    down), and the join leaves no trace. History not answering does not: the joiner gets
    `msgHistory` `[]` and an ack with `"history": false` (2.2).
 3. `msgHistory`, then the `activeUsers` snapshot from presence's answer (2.1), then the held
-   events less the messages already in the history: no gap, no repeat.
+   events less the messages already in the history: no gap, no repeat. The ack carries the
+   reader's `lastRead` and `unread` (2.3).
 A repeated join of a room the connection is in changes nothing and is acknowledged
 `"already": true` (2.1).
 """
@@ -48,9 +49,9 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         )
     hashed = session_hash(session)
     member = await gw.membership.enter(conn, room)
-    reading = asyncio.ensure_future(_history(gw, room, data.since))
+    reading = asyncio.ensure_future(_history(gw, room, data, hashed))
     try:
-        users = await gw.presence.join(conn.id, data.username, hashed, room)
+        admission = await gw.presence.join(conn.id, data.username, hashed, room)
     except BaseException as exc:
         reading.cancel()
         await asyncio.gather(reading, return_exceptions=True)
@@ -58,21 +59,26 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         if isinstance(exc, BusUnavailableError):
             await gw.presence.forget(conn.id, room)
         raise
-    member.admitted = True
+    member.admitted, member.private = True, admission.private
     if conn.username is None:
         conn.username, conn.session, conn.session_hash = data.username, session, hashed
         await gw.membership.identify(conn, data.username)
     history = await reading
-    messages = [m.model_dump() for m in history.messages] if history is not None else []
+    messages = [m.wire() for m in history.messages] if history is not None else []
     conn.push(event_frame("msgHistory", messages, room=room), "msgHistory")
-    conn.push(event_frame("activeUsers", users, room=room), "activeUsers")
+    conn.push(event_frame("activeUsers", admission.users, room=room), "activeUsers")
     if history is not None:
         gw.relay.note_history(room, history.messages[-1].id if history.messages else None)
     member.go_live({m.id for m in history.messages} if history is not None else set())
-    ack: dict[str, object] = {"room": room, "session": session}
+    ack: dict[str, object] = {
+        "room": room,
+        "session": session,
+        "lastRead": history.last_read if history is not None else None,
+        "unread": (history.unread or 0) if history is not None else 0,
+    }
     if history is None:
         ack["history"] = False
-    if data.since is not None:
+    if data.since is not None or data.since_rev is not None:
         ack["recovered"] = bool(history is not None and history.recovered)
     return ack
 
@@ -87,12 +93,17 @@ def _session_for(gw: ChatGateway, conn: Connection, data: JoinData) -> str:
     return conn.session or gw.signer.mint(data.username)
 
 
-async def _history(gw: ChatGateway, room: str, since: str | None) -> rpc.HistoryReply | None:
-    """The joiner's history, or None when history cannot answer (the join goes on without)."""
+async def _history(
+    gw: ChatGateway, room: str, data: JoinData, reader: str
+) -> rpc.HistoryReply | None:
+    """The joiner's history and read state, or None when history cannot answer (the join goes
+    on without)."""
     try:
-        if since is not None:
-            return await gw.history.since(room, since)
-        return await gw.history.recent(room)
+        if data.since_rev is not None:
+            return await gw.history.since_rev(room, data.since_rev, reader, data.username)
+        if data.since is not None:
+            return await gw.history.since(room, data.since, reader, data.username)
+        return await gw.history.recent(room, reader=reader, username=data.username)
     except (BusUnavailableError, ProtocolError) as exc:
         log.warning("history unavailable; joined without it", room=room, reason=str(exc))
         return None
