@@ -70,6 +70,7 @@ class Options:
     peer_deflate: bool = False
     batch: bool = True
     quiet: bool = False
+    faults: str | None = None  # chaos: which faults, comma-separated (default: all)
 
 
 class BenchError(Exception):
@@ -609,6 +610,12 @@ def _merge_server(servers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(options: Options) -> dict[str, Any]:
     """Run the bench; print the table; write the JSON and plot files asked for."""
+    if options.scenario == "chaos":  # a scenario of its own: faults, then an audit
+        from . import chaos
+
+        return chaos.run(options)
+    if options.faults is not None:
+        raise ValueError("--faults applies to the chaos scenario only")
     if options.target and options.gateways is not None:
         raise BenchError("--gateways does not apply with --target (one per URL)")
     gateways = options.gateways
