@@ -4,7 +4,11 @@
 #   docker run IMAGE gateway  --host 0.0.0.0 --port 8000
 #   docker run IMAGE history  --host 0.0.0.0 --port 8001
 #   docker run IMAGE presence --host 0.0.0.0 --port 8002
-#   docker run IMAGE                      (= dev --host 0.0.0.0 --port 8000 --data-dir /data)
+#   docker run IMAGE                      (= --help)
+#
+# It installs roomcast without extras: what the services need, and nothing under a copyleft
+# licence (scripts/check-licenses.py). `roomcast dev` needs SecantusDB (GPL-2.0), the `dev` extra,
+# so it is not in the image: run it from a checkout with `bash scripts/dev.sh`.
 #
 # The builder stage turns the project and its dependencies into wheels and installs them into a
 # virtualenv at /opt/venv; the runtime stage copies only that virtualenv onto the same slim base
@@ -45,13 +49,10 @@ LABEL org.opencontainers.image.title="roomcast" \
       org.opencontainers.image.description="Real-time chat backend: WebSocket gateways fanning out over RabbitMQ" \
       org.opencontainers.image.licenses="MIT"
 
-# A fixed, numeric, non-root uid/gid (10001) that matches runAsUser in deploy/k8s; /data is where
-# `roomcast dev` keeps its SecantusDB files.
+# A fixed, numeric, non-root uid/gid (10001) that matches runAsUser in deploy/k8s.
 RUN groupadd --system --gid 10001 roomcast \
     && useradd --system --uid 10001 --gid roomcast --home-dir /home/roomcast --create-home \
-        --shell /usr/sbin/nologin roomcast \
-    && mkdir -p /data \
-    && chown roomcast:roomcast /data
+        --shell /usr/sbin/nologin roomcast
 
 COPY --from=builder /opt/venv /opt/venv
 
@@ -63,7 +64,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/roomcast
 
-# gateway (and dev) 8000, history 8001, presence 8002: each serves /healthz, /readyz and /metrics.
+# gateway 8000, history 8001, presence 8002: each serves /healthz, /readyz and /metrics.
 EXPOSE 8000 8001 8002
 
 # roomcast runs as PID 1 and handles SIGTERM itself: the gateway closes its sockets with 1012 and
@@ -71,4 +72,4 @@ EXPOSE 8000 8001 8002
 STOPSIGNAL SIGTERM
 
 ENTRYPOINT ["roomcast"]
-CMD ["dev", "--host", "0.0.0.0", "--port", "8000", "--data-dir", "/data"]
+CMD ["--help"]

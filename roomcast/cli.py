@@ -52,6 +52,14 @@ def cli() -> None:
 )
 def dev(host: str, port: int, data_dir: Path) -> None:
     """Gateway, history and presence in one process, no servers needed."""
+    from roomcast.shared.secantus import INSTALL_HINT, installed
+
+    if not installed():
+        click.echo(
+            f"roomcast: error: roomcast dev needs SecantusDB, the dev extra: {INSTALL_HINT}",
+            err=True,
+        )
+        sys.exit(1)
     from roomcast.runtime import run_dev
 
     # on a laptop's terminal, logs for people; JSON when piped or set explicitly
@@ -113,6 +121,16 @@ def presence(host: str, port: int) -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def bench(scenario: str, **options: Any) -> None:
     """Measure fan-out, latency, joins and memory (docs/performance.md)."""
+    from roomcast.bench import INSTALL_HINT, missing_dependencies
+
+    missing = missing_dependencies()
+    if missing:
+        click.echo(
+            f"roomcast: error: roomcast bench needs the bench extra (missing {', '.join(missing)}):"
+            f" {INSTALL_HINT}",
+            err=True,
+        )
+        sys.exit(1)
     from roomcast.bench.runner import BenchError, Options, run
 
     try:

@@ -32,7 +32,6 @@ from roomcast.presence.service import PresenceService
 from roomcast.shared.bus import Bus, InMemoryBus
 from roomcast.shared.config import ConfigError, Settings
 from roomcast.shared.ops import add_ops_routes
-from roomcast.shared.secantus import SecantusServer
 from roomcast.shared.sessions import SessionSigner
 from roomcast.shared.store.base import MessageStore, RoomStore
 from roomcast.shared.store.mongo import MongoMessageStore, MongoRoomStore
@@ -166,6 +165,8 @@ async def embedded(
 
 async def run_dev(settings: Settings, host: str, port: int, data_dir: Path) -> None:
     """Everything in one process: in-memory bus, SecantusDB child process, one gateway."""
+    from roomcast.shared.secantus import SecantusServer  # the `dev` extra: not for the services
+
     _prepare_data_dir(data_dir)
     set_websocket_compression(settings.websocket_compression)
     signer = SessionSigner(_dev_secret(settings, data_dir))

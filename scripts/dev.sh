@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+# `dev`: SecantusDB, the database `roomcast dev` runs (an extra: the services do not need it).
+.venv/bin/python -m pip install -q -e '.[dev]'
 exec .venv/bin/roomcast dev "$@"

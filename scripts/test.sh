@@ -6,8 +6,9 @@
 #
 # It creates .venv (Python packages), makes sure RabbitMQ answers on 127.0.0.1:5672 (installing
 # Debian's rabbitmq-server when nothing does), installs Debian's Chromium for the browser tests
-# and the offline checkers for the deployment files. SecantusDB comes from PyPI; the tests start
-# their own servers.
+# and the offline checkers for the deployment files. SecantusDB comes from PyPI (the `dev` extra);
+# the tests start their own servers. The licence check builds a venv of its own with a plain
+# `pip install .` and fails on copyleft in what that installs (scripts/check-licenses.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,bench]'
+.venv/bin/python -m pip install -q -e '.[test,bench,dev]'
 
 bash scripts/ensure-rabbitmq.sh
 if [ -f scripts/install-deploy-tools.sh ]; then
@@ -25,6 +26,9 @@ fi
 if [ -f scripts/install-browser.sh ]; then
     bash scripts/install-browser.sh .venv
 fi
+
+echo "== licences of the runtime install"
+.venv/bin/python scripts/check-licenses.py
 
 echo "== lint and types"
 .venv/bin/ruff check .

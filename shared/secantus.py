@@ -16,12 +16,17 @@ with this interpreter; its output goes to `DIR/secantus.log`, never to the paren
 
 The process is a plain `subprocess.Popen` and is watched by polling, so one server can be
 started on one event loop and stopped on another (a session-wide test server, for instance).
+
+SecantusDB is the `dev` extra (GPL-2.0), not a dependency of the services: nothing on the path of
+`roomcast gateway|history|presence` imports this module, and `installed()` lets `roomcast dev`
+say how to get it instead of failing in the child.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -65,6 +70,14 @@ if os.getppid() != parent:  # the parent died before the request took effect
 sys.argv[0] = "secantus"
 runpy.run_module("secantus", run_name="__main__", alter_sys=True)
 """
+
+
+INSTALL_HINT = "pip install 'roomcast[dev]'"
+
+
+def installed() -> bool:
+    """Whether this interpreter can run `python -m secantus` (the `dev` extra is installed)."""
+    return importlib.util.find_spec("secantus") is not None
 
 
 class SecantusError(Exception):

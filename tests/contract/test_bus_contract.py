@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
+import aio_pika
+import aiormq
 import pytest
 from prometheus_client import REGISTRY
 
@@ -27,8 +29,8 @@ from roomcast.shared.bus import (
     Subscription,
     topic_matches,
 )
-from roomcast.shared.bus.rabbit import RabbitBus
-from tests.servers.rabbitmq import free_port
+from roomcast.shared.bus.rabbit import RabbitBus, rpc
+from tests.servers.rabbitmq import free_port, machine_broker_url
 
 if TYPE_CHECKING:
     from tests.contract.conftest import BusEnv, Restartable
@@ -647,6 +649,23 @@ async def test_rabbit_connect_gives_up_with_unavailable() -> None:
             await bus.connect()
     assert not bus.is_ready
     await bus.close()
+
+
+@pytest.mark.integration
+async def test_rabbit_underlay_channel_is_aiormqs_and_consumes_direct_reply_to() -> None:
+    """The one reach-in into aiormq (rpc.underlay_channel), on a real broker."""
+    connection = await aio_pika.connect_robust(machine_broker_url())
+    async with connection:
+        channel = await connection.channel()
+        underlay = await bounded(rpc.underlay_channel(channel))
+        assert isinstance(underlay, aiormq.abc.AbstractChannel)
+        assert not underlay.is_closed
+
+        async def ignore(message: aiormq.abc.DeliveredMessage) -> None:
+            pass
+
+        ok = await bounded(underlay.basic_consume(rpc.REPLY_TO, ignore, no_ack=True))
+        assert ok.consumer_tag
 
 
 async def eventually(action: Callable[[], object], what: str, within: float = 30.0) -> object:

@@ -1,0 +1,66 @@
+"""What roomcast.shared.bus.rabbit takes from aio-pika beyond its documented API, checked against
+the installed version so that an upgrade fails here, loudly and by name, and not in production.
+
+- `rpc.underlay_channel`: aiormq's channel under a robust channel (`get_underlay_channel`), whose
+  `basic_consume(queue, callback, no_ack=...)` consumes direct reply-to.
+- `subscriptions`: a robust channel's `reopen_callbacks`, called after a reopen has restored the
+  channel's queues, bindings and consumers (tests/contract proves the order against a broker).
+- pyproject.toml pins aio-pika's major version; the installed one must be inside the pin.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import aio_pika
+import aiormq
+import pytest
+from aio_pika.robust_channel import RobustChannel
+from packaging.requirements import Requirement
+
+from roomcast.shared.bus.rabbit import rpc
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_installed_aio_pika_is_the_major_version_pinned() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (pin,) = [
+        Requirement(r) for r in project["project"]["dependencies"] if r.startswith("aio-pika")
+    ]
+    installed = metadata.version("aio-pika")
+    assert pin.specifier.contains(installed), f"aio-pika {installed} is outside {pin}"
+    assert any(s.operator == "<" for s in pin.specifier), f"{pin} pins no upper bound"
+
+
+def test_robust_channel_still_hands_out_its_aiormq_channel() -> None:
+    method = getattr(RobustChannel, "get_underlay_channel", None)
+    assert method is not None, (
+        "aio-pika's RobustChannel lost get_underlay_channel: rewrite rpc.underlay_channel"
+    )
+    assert inspect.iscoroutinefunction(method)
+    assert inspect.iscoroutinefunction(RobustChannel.ready)
+    assert "underlay" in inspect.getsource(rpc.underlay_channel)  # the reach-in lives there
+
+
+def test_aiormq_channel_still_consumes_the_way_rpc_calls_it() -> None:
+    parameters = inspect.signature(aiormq.Channel.basic_consume).parameters
+    for name in ("queue", "consumer_callback", "no_ack"):
+        assert name in parameters, f"aiormq.Channel.basic_consume has no {name!r} any more"
+    assert list(parameters)[1:3] == ["queue", "consumer_callback"]  # rpc passes them by position
+    assert issubclass(aiormq.Channel, aiormq.abc.AbstractChannel)
+    assert hasattr(aiormq.Channel, "is_closed")
+
+
+def test_robust_channel_still_has_reopen_callbacks_called_after_its_restore() -> None:
+    assert "reopen_callbacks" in inspect.getsource(RobustChannel.__init__)
+    assert "reopen_callbacks" in aio_pika.abc.AbstractRobustChannel.__annotations__
+    source = inspect.getsource(RobustChannel.reopen)
+    assert "reopen_callbacks" in source, "RobustChannel.reopen no longer calls reopen_callbacks"
+    # The callbacks come after the reopen itself, which declares, binds and consumes again.
+    assert source.index("super().reopen()") < source.index("reopen_callbacks")
+    assert "queue.restore()" in inspect.getsource(RobustChannel._on_open)
