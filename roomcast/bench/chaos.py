@@ -54,7 +54,7 @@ class ChaosConfig:
     readers: int = 4
     rooms: int = 3
     rate: float = 20.0  # messages per second, all writers together
-    kinds: list[str] = field(default_factory=lambda: parse_kinds(None))
+    faults: list[str] = field(default_factory=lambda: parse_kinds(None))
     warmup: float = 5.0
 
     @classmethod
@@ -62,7 +62,7 @@ class ChaosConfig:
         for name in ("vs", "target", "senders"):
             if getattr(options, name):
                 raise ValueError(f"--{name} does not apply to the chaos scenario")
-        cfg = cls(kinds=parse_kinds(options.faults))
+        cfg = cls(faults=parse_kinds(options.faults))
         if options.duration is not None:
             cfg.duration = options.duration
         if options.gateways is not None:
@@ -175,12 +175,12 @@ class ChaosRun:
 
     async def _chaos(self, prober: Prober) -> None:
         cfg = self.cfg
-        times = schedule(cfg.duration, len(cfg.kinds), cfg.warmup)
-        self.progress.phase(f"chaos: {', '.join(cfg.kinds)}", cfg.duration)
+        times = schedule(cfg.duration, len(cfg.faults), cfg.warmup)
+        self.progress.phase(f"chaos: {', '.join(cfg.faults)}", cfg.duration)
         ticker = asyncio.create_task(self._tick())
         turns: dict[str, int] = {}
         try:
-            for kind, when in zip(cfg.kinds, times, strict=True):
+            for kind, when in zip(cfg.faults, times, strict=True):
                 await self._sleep_until(when)
                 at = self.clock.now()
                 started = time.monotonic()
@@ -220,7 +220,7 @@ class ChaosRun:
         while True:
             acked = sum(len(c.acked) for c in self.clients)
             last = self.faults[-1] if self.faults else None
-            detail = f"acked {acked:,}, faults {len(self.faults)}/{len(self.cfg.kinds)}"
+            detail = f"acked {acked:,}, faults {len(self.faults)}/{len(self.cfg.faults)}"
             if last is not None:
                 detail += f", {last['kind']} back in {last['recovered_s']} s"
             self.progress.update(min(self.cfg.duration, self.clock.now()), detail)

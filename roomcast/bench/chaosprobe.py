@@ -90,6 +90,7 @@ class Prober:
     async def until_works(self, limit: float) -> ProbeResult:
         """Attempts until one gets through, or `limit` seconds pass."""
         deadline = time.monotonic() + limit
+        self.last_failure = None
         running: set[asyncio.Task[float]] = set()
         attempts = 0
         next_start = time.monotonic()
