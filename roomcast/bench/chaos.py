@@ -281,7 +281,7 @@ class ChaosRun:
     # the result ----------------------------------------------------------------------------
     def _result(self, verdict: dict[str, Any], *, drained: bool, settled: bool) -> dict[str, Any]:
         cfg = self.cfg
-        end = max(self.clock.now(), cfg.duration)
+        end = cfg.duration  # the timeline covers the chat, not the drain after it
         for fault in self.faults:
             fault["writers_back_s"] = self._writers_back(fault["at_s"])
             fault["disconnects"] = self._disconnects(fault)
