@@ -98,7 +98,7 @@ def presence(host: str, port: int) -> None:
 
 
 @cli.command()
-@click.argument("scenario", type=click.Choice(["fanout", "chatty", "join-storm", "idle"]))
+@click.argument("scenario", type=click.Choice(["fanout", "chatty", "join-storm", "idle", "chaos"]))
 @click.option("--vs", type=click.Choice(["socketio"]), help="Also run the python-socketio peer.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")
 @click.option("--clients", type=click.IntRange(min=1), metavar="C")
@@ -119,8 +119,14 @@ def presence(host: str, port: int) -> None:
 @click.option("--peer-deflate", is_flag=True, help="Keep the peer's permessage-deflate on.")
 @click.option("--batch/--no-batch", default=True, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option(
+    "--faults",
+    metavar="KIND[,KIND...]",
+    help="chaos: gateway, history, presence, broker (default: all four, in turn).",
+)
 def bench(scenario: str, **options: Any) -> None:
-    """Measure fan-out, latency, joins and memory (docs/performance.md)."""
+    """Measure fan-out, latency, joins and memory (docs/performance.md), or chat through
+    faults and audit what was lost (`chaos`, docs/reliability.md)."""
     from roomcast.bench import INSTALL_HINT, missing_dependencies
 
     missing = missing_dependencies()
