@@ -25,8 +25,8 @@ from hypercorn.config import Config
 from quart import Quart
 
 from roomcast.gateway.app import create_app
-from roomcast.gateway.gateway import ChatGateway
 from roomcast.gateway.compression import set_websocket_compression
+from roomcast.gateway.gateway import ChatGateway
 from roomcast.history.service import HistoryService
 from roomcast.presence.service import PresenceService
 from roomcast.shared.bus import Bus, InMemoryBus
