@@ -43,7 +43,10 @@ def rabbit_bus(settings: Settings, name: str) -> Bus:
     from roomcast.shared.bus.rabbit import RabbitBus
 
     return RabbitBus(
-        settings.amqp_url.get_secret_value(), exchange=settings.exchange, name=f"roomcast-{name}"
+        settings.amqp_url.get_secret_value(),
+        exchange=settings.exchange,
+        name=f"roomcast-{name}",
+        inbox_limit=settings.bus_inbox_limit,
     )
 
 
@@ -147,7 +150,7 @@ async def embedded(
         for store in (messages, rooms):
             await store.open()
             stack.push_async_callback(store.close)
-        bus = InMemoryBus("embedded")
+        bus = InMemoryBus("embedded", inbox_limit=settings.bus_inbox_limit)
         await bus.connect()
         stack.push_async_callback(bus.close)
         history = HistoryService(bus, messages, settings)

@@ -57,6 +57,9 @@ class Settings(Limits):
     send_queue_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
     send_queue_seconds: float = Field(10.0, gt=0, le=3600)
     batch_tick_ms: float = Field(2.0, gt=0, le=50)
+    # deliveries waiting for a subscription's handler; beyond it they are dropped, counted, and
+    # the gateway repairs its rooms from history (a gap)
+    bus_inbox_limit: int = Field(100_000, ge=100, le=10_000_000)
     websocket_compression: bool = False
     drain_seconds: float = Field(10.0, ge=0, le=600)
 
