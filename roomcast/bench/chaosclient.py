@@ -3,11 +3,13 @@
 - reconnects with jittered exponential backoff to any gateway that answers, keeping its session;
 - re-sends every unacknowledged message under the same id (the server acknowledges a repeat
   again and neither stores nor broadcasts it twice);
+- joins all its rooms at once, as a page does;
 - re-joins each room with `since` = the last message id it saw; when the ack says
   `"recovered": false`, pages back over `GET /api/rooms/{room}/messages?before=...` until it
   meets a message it has seen;
 - when a join came without history (protocol 2.2: `"history": false` and an empty `msgHistory`),
-  leaves and joins the room again with `since` a few seconds later; a join refused
+  leaves and joins the room again a few seconds later, with `since` = where the gap began (not
+  the newest message seen live meanwhile: that would skip the gap); a join refused
   `unavailable`, or not answered (before 2.2), is tried again after a backoff.
 
 It records what it was shown, per room and per id, and how (history, live, paged back), so
@@ -29,13 +31,16 @@ import orjson
 from .chaoslink import CONNECT_ERRORS, Frame, Link, LinkClosedError
 from .deploy import http_get
 
-JOIN_TIMEOUT = 12.0  # above the server's request timeout (5 s): its answer, not ours
+# Well above the server's request timeout (5 s): a gateway handles one socket's frames one after
+# another, so while history is down the third room's join of a socket waits 3 x 5 s.
+JOIN_TIMEOUT = 30.0
 ACK_TIMEOUT = 12.0  # above the server's publish timeout (10 s)
 REJOIN_AFTER = 3.0  # seconds after a join without history before trying again with `since`
 PAGE_LIMIT = 200
 MAX_PAGES = 50
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
+JOIN_LOG_MAX = 40  # the joins after the first ones, in the report, to see what recovery did
 RETRYABLE = {"unavailable", "internal", "rate_limited", "username_taken"}
 
 
@@ -60,6 +65,9 @@ class RoomView:
     shown: Counter[str] = field(default_factory=Counter)  # pushed by the server
     paged: set[str] = field(default_factory=set)  # fetched over HTTP to fill a gap
     last_id: str | None = None
+    # Where a gap began: the `since` of a join that came back without history. Later joins ask
+    # from here, not from the newest live message, until a join recovers.
+    recover_from: str | None = None
     joined_once: bool = False
     history_ids: list[str] = field(default_factory=list)  # the last msgHistory
     history_repeats: list[str] = field(default_factory=list)  # ... already seen when it came
@@ -119,6 +127,7 @@ class ChaosClient:
         self.ack_times: list[float] = []
         self.live_times: list[float] = []
         self.disconnect_times: list[float] = []
+        self.join_log: list[dict[str, Any]] = []
         self.joined = False  # every room joined on the current socket
         self.stop_writing = asyncio.Event()
         self.halt = asyncio.Event()
@@ -187,8 +196,8 @@ class ChaosClient:
     async def _serve(self, link: Link) -> None:
         self._link = link
         self._rejoin_at.clear()
-        for room in self.rooms:
-            await self._join(link, room)
+        # all rooms at once, as a page does: one join waiting for history holds up no other
+        await asyncio.gather(*(self._join(link, room) for room in self.rooms))
         self.joined = True
         self._attempt = 0
         next_send = time.monotonic()
@@ -223,8 +232,11 @@ class ChaosClient:
         data: dict[str, Any] = {"username": self.name, "room": room}
         if self.session is not None:
             data["session"] = self.session
-        if view.joined_once and view.last_id is not None:
-            data["since"] = view.last_id
+        since = view.recover_from or view.last_id
+        if view.joined_once and since is not None:
+            data["since"] = since
+        # a `since` older than what was seen: msgHistory repeats what came live meanwhile
+        repeats_expected = since != view.last_id
         timeouts = 0
         while True:
             view.history_ids, view.history_repeats = [], []
@@ -248,21 +260,36 @@ class ChaosClient:
             break
         ack = frame["data"]
         self.counts.joins += 1
+        if len(self.join_log) < JOIN_LOG_MAX:
+            self.join_log.append(
+                {
+                    "t": round(self.clock.now(), 2),
+                    "room": room,
+                    "since": data.get("since"),
+                    "shown": len(view.history_ids),
+                    **{k: ack[k] for k in ("already", "history", "recovered") if k in ack},
+                }
+            )
         self.session = ack.get("session", self.session)
         view.joined_once = True
         if ack.get("already"):
             return
         if ack.get("history") is False:
             self.counts.history_false += 1
+            view.recover_from = data.get("since")
             self._rejoin_at[room] = self.clock.now() + REJOIN_AFTER
             return
         if "since" in data and ack.get("recovered") is False:
             self.counts.not_recovered += 1
             oldest = view.history_ids[0] if view.history_ids else None
             if oldest is not None and not await self._page_back(link, room, oldest):
+                view.recover_from = data["since"]
                 self._rejoin_at[room] = self.clock.now() + REJOIN_AFTER
+                return
+            view.recover_from = None
             return
-        if "since" in data and ack.get("recovered") is True:
+        view.recover_from = None
+        if "since" in data and ack.get("recovered") is True and not repeats_expected:
             # msgHistory was to hold only what came after `since`: anything seen before is a repeat
             view.history_dups.extend(view.history_repeats)
 
@@ -386,4 +413,5 @@ class ChaosClient:
             "errors": dict(sorted(c.errors.items())),
             "shown_twice_live": sum(len(v.live_dups) for v in self.views.values()),
             "shown_twice_history": sum(len(v.history_dups) for v in self.views.values()),
+            "rejoin_log": self.join_log[len(self.rooms) :],
         }
