@@ -122,7 +122,14 @@ def presence(host: str, port: int) -> None:
 @click.option(
     "--faults",
     metavar="KIND[,KIND...]",
-    help="chaos: gateway, history, presence, broker (default: all four, in turn).",
+    help="chaos: gateway, history, presence, broker (default: all four, in turn); a+b: at once.",
+)
+@click.option(
+    "--down",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="chaos: how long each fault lasts before the restart (default 0: at once).",
 )
 def bench(scenario: str, **options: Any) -> None:
     """Measure fan-out, latency, joins and memory (docs/performance.md), or chat through

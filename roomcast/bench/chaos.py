@@ -56,6 +56,7 @@ class ChaosConfig:
     rate: float = 20.0  # messages per second, all writers together
     faults: list[str] = field(default_factory=lambda: parse_kinds(None))
     warmup: float = 5.0
+    down: float = 0.0  # seconds a fault lasts before the restart
 
     @classmethod
     def from_options(cls, options: Options) -> ChaosConfig:
@@ -81,6 +82,7 @@ class ChaosConfig:
                 raise ValueError("chaos needs a --rate above 0")
             cfg.rate = options.rate
         cfg.warmup = min(5.0, cfg.duration * 0.15)
+        cfg.down = options.down
         return cfg
 
 
@@ -184,16 +186,16 @@ class ChaosRun:
                 await self._sleep_until(when)
                 at = self.clock.now()
                 started = time.monotonic()
-                injected = await inject(kind, self.stack, turns.get(kind, 0))
+                injected = await inject(kind, self.stack, turns.get(kind, 0), cfg.down)
                 turns[kind] = turns.get(kind, 0) + 1
-                ready: asyncio.Task[None] | None = None
-                if injected.service is not None:
-                    ready = asyncio.create_task(injected.service.ready(timeout=PROBE_LIMIT))
-                probe = await prober.until_works(PROBE_LIMIT)
+                ready = [
+                    asyncio.create_task(s.ready(timeout=PROBE_LIMIT)) for s in injected.services
+                ]
+                probe = await prober.until_works(PROBE_LIMIT + cfg.down)
                 ready_s = None
-                if ready is not None:
+                if ready:
                     with contextlib.suppress(Exception):
-                        await ready
+                        await asyncio.gather(*ready)
                         ready_s = round(time.monotonic() - started, 2)
                 self.faults.append(
                     {
@@ -284,8 +286,13 @@ class ChaosRun:
         end = cfg.duration  # the timeline covers the chat, not the drain after it
         for fault in self.faults:
             fault["writers_back_s"] = self._writers_back(fault["at_s"])
+            if fault["recovered_s"] is not None:
+                # what the system took once the fault ended (`--down` is the fault's own)
+                fault["back_after_fault_s"] = round(max(0.0, fault["recovered_s"] - cfg.down), 2)
+            else:
+                fault["back_after_fault_s"] = None
             fault["disconnects"] = self._disconnects(fault)
-        recovered = [f["recovered_s"] for f in self.faults]
+        recovered = [f["back_after_fault_s"] for f in self.faults]
         ok = (
             verdict["lost"] == 0
             and verdict["duplicated"] == 0

@@ -56,6 +56,11 @@ def audit(stored: Mapping[str, list[dict[str, Any]]], clients: list[ChaosClient]
             "by_room": rooms,
             "examples": examples,
             "shown_twice": live + history,
+            "shown_twice_examples": [
+                i
+                for r in reader.rooms
+                for i in reader.views[r].live_dups + reader.views[r].history_dups
+            ][:EXAMPLES],
             "paged": sum(len(reader.views[r].paged) for r in reader.rooms),
         }
     unacked = sum(len(c.pending) for c in writers)

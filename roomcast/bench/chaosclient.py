@@ -128,6 +128,8 @@ class ChaosClient:
         self.live_times: list[float] = []
         self.disconnect_times: list[float] = []
         self.join_log: list[dict[str, Any]] = []
+        self.resend_log: list[dict[str, Any]] = []
+        self.dup_log: list[dict[str, Any]] = []  # live updateChat of an id already shown
         self.joined = False  # every room joined on the current socket
         self.stop_writing = asyncio.Event()
         self.halt = asyncio.Event()
@@ -338,6 +340,8 @@ class ChaosClient:
             self.counts.sent += 1
         else:
             self.counts.resent += 1
+            if len(self.resend_log) < JOIN_LOG_MAX:
+                self.resend_log.append({"t": round(self.clock.now(), 2), "id": self.pending[0][0]})
         message_id, room = self.pending[0]
         data = {
             "username": self.name,
@@ -376,6 +380,7 @@ class ChaosClient:
             message_id = frame["data"]["id"]
             if message_id in view.shown:
                 view.live_dups.append(message_id)
+                self.dup_log.append({"t": round(self.clock.now(), 2), "id": message_id})
             view.shown[message_id] += 1
             view.last_id = message_id
             self.live_times.append(self.clock.now())
@@ -414,4 +419,6 @@ class ChaosClient:
             "shown_twice_live": sum(len(v.live_dups) for v in self.views.values()),
             "shown_twice_history": sum(len(v.history_dups) for v in self.views.values()),
             "rejoin_log": self.join_log[len(self.rooms) :],
+            "shown_twice_log": self.dup_log[:JOIN_LOG_MAX],
+            "resend_log": self.resend_log,
         }

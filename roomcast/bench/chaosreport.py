@@ -16,7 +16,7 @@ def fault_rows(result: Mapping[str, Any]) -> list[list[str]]:
     target = result["targets"]["recovered_s"]
     rows = []
     for f in result["faults"]:
-        back = f["recovered_s"]
+        back = f.get("back_after_fault_s", f["recovered_s"])
         verdict = "never" if back is None else ("ok" if back <= target else f"> {target:g} s")
         rows.append(
             [
@@ -65,7 +65,10 @@ def print_table(result: Mapping[str, Any]) -> None:
         f"{params['duration']:g}s",
         highlight=False,
     )
-    faults = Table(title="faults")
+    title = "faults"
+    if params.get("down"):
+        title += f" (each lasted {params['down']:g} s; the verdict is on chat back minus that)"
+    faults = Table(title=title)
     for name in ("fault", "target", "at (s)", "chat back (s)", "writers back (s)", "drops", ""):
         faults.add_column(name, justify="left" if name in ("fault", "target") else "right")
     for row in fault_rows(result):

@@ -9,14 +9,17 @@
 - `broker`: `rabbitmqctl stop_app` then `start_app` on the private node: every connection to
   the broker drops, and every service must re-declare what it had.
 
-Each kill is followed at once by the restart, as a supervisor would do; what the bench measures
-is how long until chat works again from the moment the fault began.
+Each kill is followed at once by the restart, as a supervisor would do (or after `--down`
+seconds); what the bench measures is how long until chat works again from the moment the fault
+began. `a+b` causes two faults at once, e.g. `history+gateway --down 10`: clients of the killed
+gateway reconnect and re-join while history is away.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .chaosstack import ChaosStack
 from .deploy import Service
@@ -25,14 +28,17 @@ KINDS = ("gateway", "history", "presence", "broker")
 
 
 def parse_kinds(text: str | None) -> list[str]:
-    """`--faults gateway,broker` (default: all four, in the order above)."""
+    """`--faults gateway,broker` (default: all four, in the order above). `history+gateway` is
+    one fault of two parts at once."""
     if text is None or not text.strip():
         return list(KINDS)
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise ValueError(f"--faults: unknown fault {unknown[0]!r} (known: {', '.join(KINDS)})")
-    return kinds
+    faults = [k.strip() for k in text.split(",") if k.strip()]
+    for fault in faults:
+        for part in fault.split("+"):
+            if part not in KINDS:
+                known = ", ".join(KINDS)
+                raise ValueError(f"--faults: unknown fault {part!r} (known: {known}, or a+b)")
+    return faults
 
 
 def schedule(duration: float, count: int, warmup: float) -> list[float]:
@@ -47,19 +53,34 @@ def schedule(duration: float, count: int, warmup: float) -> list[float]:
 @dataclass
 class Injected:
     target: str
-    down_s: float  # from the fault's start until the process (or broker) was started again
-    service: Service | None = None  # the process started again (None: the broker)
+    down_s: float  # from the fault's start until everything was started again
+    services: list[Service] = field(default_factory=list)  # the processes started again
 
 
-async def inject(kind: str, stack: ChaosStack, turn: int) -> Injected:
-    """Cause the fault and start what it stopped again; return once it has been restarted."""
+async def inject(fault: str, stack: ChaosStack, turn: int, down: float = 0.0) -> Injected:
+    """Cause the fault (every part of `a+b` at once), keep it `down` seconds, and start what it
+    stopped again; return once everything has been started again."""
     start = time.monotonic()
-    if kind == "broker":
-        await stack.restart_broker()
-        return Injected(f"rabbitmq {stack.node.nodename}", time.monotonic() - start)
-    gateways = stack.gateways
-    service = gateways[turn % len(gateways)] if kind == "gateway" else stack.role(kind)
-    target = f"{kind} :{service.port}"
-    await stack.kill(service)
-    service.start()
-    return Injected(target, time.monotonic() - start, service)
+    parts = fault.split("+")
+    targets: list[str] = []
+    services: list[Service] = []
+    for part in parts:
+        if part == "broker":
+            targets.append(f"rabbitmq {stack.node.nodename}")
+            continue
+        gateways = stack.gateways
+        service = gateways[turn % len(gateways)] if part == "gateway" else stack.role(part)
+        targets.append(f"{part} :{service.port}")
+        services.append(service)
+    broker = "broker" in parts
+    stopping = [stack.kill(s) for s in services]
+    if broker:
+        stopping.append(asyncio.to_thread(stack.node.stop_app))
+    await asyncio.gather(*stopping)
+    if down > 0:
+        await asyncio.sleep(down)
+    for service in services:
+        service.start()
+    if broker:
+        await asyncio.to_thread(stack.node.start_app)
+    return Injected(" + ".join(targets), time.monotonic() - start, services)

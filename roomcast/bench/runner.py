@@ -71,6 +71,7 @@ class Options:
     batch: bool = True
     quiet: bool = False
     faults: str | None = None  # chaos: which faults, comma-separated (default: all)
+    down: float = 0.0  # chaos: seconds each fault lasts before the restart
 
 
 class BenchError(Exception):
@@ -614,8 +615,8 @@ def run(options: Options) -> dict[str, Any]:
         from . import chaos
 
         return chaos.run(options)
-    if options.faults is not None:
-        raise ValueError("--faults applies to the chaos scenario only")
+    if options.faults is not None or options.down:
+        raise ValueError("--faults and --down apply to the chaos scenario only")
     if options.target and options.gateways is not None:
         raise BenchError("--gateways does not apply with --target (one per URL)")
     gateways = options.gateways
