@@ -27,6 +27,7 @@ from quart import Quart
 from roomcast.gateway.app import create_app
 from roomcast.gateway.compression import set_websocket_compression
 from roomcast.gateway.gateway import ChatGateway
+from roomcast.gateway.pings import enable_pings
 from roomcast.history.service import HistoryService
 from roomcast.presence.service import PresenceService
 from roomcast.shared.bus import Bus, InMemoryBus
@@ -61,6 +62,8 @@ def _hypercorn(host: str, port: int, settings: Settings) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
     config.include_server_header = False
+    # pings, and a deadline on their pongs that Hypercorn lacks (roomcast.gateway.pings)
+    enable_pings(config, settings.ping_interval, settings.ping_timeout)
     return config
 
 

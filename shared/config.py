@@ -6,16 +6,38 @@ A bad value stops a process at start with one line that names the variable and w
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ROOMCAST_"
 
 
 class ConfigError(Exception):
     """A setting has a value roomcast cannot run with."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_origin(text: str) -> str | None:
+    """`scheme://host:port` with the scheme's default port made explicit (so `http://h` and
+    `http://h:80` compare equal), or None when `text` is not an http(s) origin."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or parts.path not in ("", "/"):
+        return None
+    if parts.query or parts.fragment or parts.username is not None:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port or _DEFAULT_PORTS[scheme]}"
 
 
 class Limits(BaseSettings):
@@ -62,6 +84,15 @@ class Settings(Limits):
     bus_inbox_limit: int = Field(100_000, ge=100, le=10_000_000)
     websocket_compression: bool = False
     drain_seconds: float = Field(10.0, ge=0, le=600)
+    # handshakes (protocol 2.2): open sockets per client address (0: no limit), the proxies whose
+    # forwarded headers are believed, which headers those are, and the browser origins let in
+    max_connections_per_ip: int = Field(1000, ge=0, le=10_000_000)
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    forwarded_headers: Literal["x-forwarded", "forwarded"] = "x-forwarded"
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # WebSocket pings; a socket whose peer leaves one unanswered this long is closed
+    ping_interval: float = Field(20.0, gt=0, le=3600)
+    ping_timeout: float = Field(20.0, gt=0, le=3600)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -85,6 +116,36 @@ class Settings(Limits):
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        networks = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                networks.append(ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return tuple(networks)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        origins = []
+        for item in filter(None, (str(part).strip() for part in items)):
+            origin = "*" if item == "*" else normalise_origin(item)
+            if origin is None:
+                raise ValueError(
+                    f"{item!r} is not an origin: write scheme://host[:port] (http or https, "
+                    "no path), or * for any"
+                )
+            origins.append(origin)
+        return tuple(origins)
 
     @property
     def gateway_expiry(self) -> float:

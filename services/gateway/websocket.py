@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from .admission import Admission, Refusal
 from .gateway import ChatGateway
 
 Scope = MutableMapping[str, Any]
@@ -32,6 +33,7 @@ class WebSocketEndpoint:
     def __init__(self, app: ASGIApp, gateway: ChatGateway) -> None:
         self._app = app
         self._gateway = gateway
+        self.admission = Admission(gateway.settings)
 
     async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] != "websocket" or scope["path"] != PATH:
@@ -41,8 +43,21 @@ class WebSocketEndpoint:
         if (await receive())["type"] != "websocket.connect":
             return
         if gateway.draining:
-            await _refuse(scope, send, 503, b"this gateway is restarting; connect to another")
+            body = b"this gateway is restarting; connect to another"
+            address = self.admission.client_address(scope)
+            await _refuse(scope, send, self.admission.refuse("draining", 503, body, address))
             return
+        ticket = self.admission.admit(scope)
+        if isinstance(ticket, Refusal):
+            await _refuse(scope, send, ticket)
+            return
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.admission.release(ticket)
+
+    async def _serve(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        gateway = self._gateway
         await send({"type": "websocket.accept"})
 
         async def receive_frame() -> str | bytes:
@@ -66,12 +81,17 @@ class WebSocketEndpoint:
             gateway.closed_soon(conn)
 
 
-async def _refuse(scope: Scope, send: ASGISend, status: int, body: bytes) -> None:
+async def _refuse(scope: Scope, send: ASGISend, refusal: Refusal) -> None:
     """Answer the handshake with an HTTP error where the server can (an ASGI extension),
     otherwise close before accepting (the server answers 403)."""
     if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        body = refusal.body
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        start = {"type": "websocket.http.response.start", "status": refusal.status}
+        await send({**start, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1013})
