@@ -97,6 +97,7 @@ class ChaosRun:
         self.clients: list[ChaosClient] = []
         self.faults: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.t0_unix = time.time()
 
     def _make_clients(self) -> None:
         cfg, urls = self.cfg, self.stack.urls
@@ -140,6 +141,7 @@ class ChaosRun:
             self._make_clients()
             await self._start([c for c in self.clients if not c.writer], "readers joining")
             self.clock.t0 = time.monotonic()
+            self.t0_unix = time.time()  # maps the run's seconds to the services' log timestamps
             await self._start([c for c in self.clients if c.writer], "writers joining")
             prober = Prober(self.stack.urls, self.run_id)
             baseline = await prober.until_works(30)
@@ -317,6 +319,7 @@ class ChaosRun:
             "machine": machine(),
             "command": " ".join(["roomcast", *sys.argv[1:]]) if sys.argv else "",
             "ok": ok,
+            "t0_unix": round(self.t0_unix, 3),
             "targets": {
                 "lost": 0,
                 "duplicated": 0,
