@@ -7,10 +7,10 @@ unchanged; a bus timeout becomes `unavailable`.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from roomcast.shared.bus import Bus, Message, RejectMessage
 from roomcast.shared.errors import ProtocolError
@@ -119,6 +119,12 @@ class ChangeRequest(Wire):
     moderator: bool = False
 
 
+# A query and a change share the `history.<room>` key, so they share the ordered queue: a change
+# lands after every message published before it. They are told apart by `op`.
+HistoryRequest = Annotated[HistoryQuery | ChangeRequest, Field(discriminator="op")]
+_HISTORY_REQUEST: TypeAdapter[HistoryQuery | ChangeRequest] = TypeAdapter(HistoryRequest)
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -133,6 +139,15 @@ def decode(model: type[M], message: Message) -> M:
         return model.model_validate_json(message.body)
     except ValueError as exc:
         raise RejectMessage(f"malformed {model.__name__}: {exc}") from exc
+
+
+def decode_history(message: Message) -> HistoryQuery | ChangeRequest:
+    """Parse a `history.<room>` request, a query or a change by its `op`; a malformed one is
+    rejected, not requeued."""
+    try:
+        return _HISTORY_REQUEST.validate_json(message.body)
+    except ValueError as exc:
+        raise RejectMessage(f"malformed history request: {exc}") from exc
 
 
 def encode_raw(value: dict[str, Any]) -> bytes:

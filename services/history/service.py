@@ -1,10 +1,16 @@
-"""The history service: stores every chat message and answers reads of a room's history.
+"""The history service: stores every chat message, answers reads of a room's history and
+applies changes to stored messages (edits, deletes, reactions, read markers: PROTOCOL.md 2.3).
 
-Writes and reads share one single-active-consumer queue. A read is answered only after every
-message ahead of it in the queue is stored, which is what gives a joiner history-then-live with
-no gap: its gateway binds to the room first, then asks; whatever was published before the ask is
-in the answer, whatever after it arrives live. Messages are acknowledged to the broker only
-after the write, and written in `insert_many` batches when a backlog builds.
+Writes, reads and changes share one single-active-consumer queue. A read or a change is handled
+only after every message ahead of it in the queue is stored, which is what gives a joiner
+history-then-live with no gap: its gateway binds to the room first, then asks; whatever was
+published before the ask is in the answer, whatever after it arrives live. A change likewise
+finds every message published before it. Messages are acknowledged to the broker only after the
+write, and written in `insert_many` batches when a backlog builds. The one active consumer is
+also the stores' one writer, which their revs rely on.
+
+Reads are answered in `reads`, changes in `changes`; a store that does not answer refuses them
+`unavailable` and requeues writes.
 """
 
 from __future__ import annotations
@@ -19,8 +25,12 @@ from prometheus_client import Counter, Histogram
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
 from roomcast.shared.config import Settings
+from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.store.base import MessageStore, StoreUnavailableError
+from roomcast.shared.topics import Header
+
+from . import changes, reads
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +41,9 @@ BATCH = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 250),
 )
 READS = Counter("roomcast_history_reads_total", "History reads answered", ["op"])
+CHANGES = Counter(
+    "roomcast_history_changes_total", "Changes handled", ["op", "outcome"]
+)  # outcome: "applied" or a refusal's code
 
 _RETRY_DELAY = 0.5
 
@@ -41,13 +54,14 @@ class WriteBatcher:
     def __init__(self, store: MessageStore, max_batch: int = 250) -> None:
         self._store = store
         self._max = max_batch
-        self._pending: list[tuple[ChatMessage, asyncio.Future[ChatMessage]]] = []
+        self._pending: list[tuple[ChatMessage, str | None, asyncio.Future[ChatMessage]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._unsettled: set[asyncio.Future[ChatMessage]] = set()
 
-    def add(self, message: ChatMessage) -> asyncio.Future[ChatMessage]:
+    def add(self, message: ChatMessage, author: str | None = None) -> asyncio.Future[ChatMessage]:
+        """Queue a message (and its author's identity) for the next write."""
         future: asyncio.Future[ChatMessage] = asyncio.get_running_loop().create_future()
-        self._pending.append((message, future))
+        self._pending.append((message, author, future))
         self._unsettled.add(future)
         future.add_done_callback(self._unsettled.discard)
         if self._writer is None or self._writer.done():
@@ -63,15 +77,17 @@ class WriteBatcher:
         while self._pending:
             batch, self._pending = self._pending[: self._max], self._pending[self._max :]
             try:
-                stored = await self._store.insert_many([m for m, _ in batch])
+                stored = await self._store.insert_many(
+                    [m for m, _, _ in batch], [a for _, a, _ in batch]
+                )
             except Exception as exc:
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             BATCH.observe(len(batch))
             STORED.inc(len(batch))
-            for (_, future), message in zip(batch, stored, strict=True):
+            for (_, _, future), message in zip(batch, stored, strict=True):
                 if not future.done():
                     future.set_result(message)
 
@@ -103,7 +119,7 @@ class HistoryService:
     async def _handle(self, message: Message) -> None:
         route = topics.parse(message.routing_key)
         if route.kind == "history":
-            await self._read(route.name, message)
+            await self._request(route.name, message)
         elif route.kind == "room" and route.event == "updateChat":
             await self._write(message)
         else:
@@ -115,41 +131,29 @@ class HistoryService:
             chat = ChatMessage.model_validate(frame["data"])
         except (ValueError, KeyError, TypeError) as exc:
             raise RejectMessage(f"malformed chat message: {exc}") from exc
+        author = message.headers.get(Header.AUTHOR) or None
         try:
-            await self._batcher.add(chat)
+            await self._batcher.add(chat, author)
         except StoreUnavailableError:
             log.warning("store unavailable; message requeued", room=chat.room, id=chat.id)
             await asyncio.sleep(_RETRY_DELAY)
             raise
 
-    async def _read(self, room: str, message: Message) -> None:
-        query = rpc.decode(rpc.HistoryQuery, message)
+    async def _request(self, room: str, message: Message) -> None:
+        """A query or a change, answered after the writes ahead of it are stored."""
+        request = rpc.decode_history(message)
         await self._batcher.drain()
         try:
-            reply = await self._answer(room, query)
+            if isinstance(request, rpc.HistoryQuery):
+                reply = rpc.result(await reads.answer(self._store, self._settings, room, request))
+                READS.labels(request.op).inc()
+            else:
+                reply = rpc.result(await changes.apply(self._store, room, request))
+                CHANGES.labels(request.op, "applied").inc()
         except StoreUnavailableError:
-            log.warning("store unavailable; history read refused", room=room)
-            await self._bus.reply(message, rpc.refusal("unavailable", "history is unavailable"))
-            return
-        READS.labels(query.op).inc()
-        await self._bus.reply(message, rpc.result(reply))
-
-    async def _answer(self, room: str, query: rpc.HistoryQuery) -> rpc.HistoryReply:
-        limit = max(1, query.limit)
-        if query.op == "since" and query.since is not None:
-            after = await self._store.after(room, query.since, limit + 1)
-            if after is not None and len(after) <= limit:
-                return rpc.HistoryReply(messages=after, recovered=True)
-            newest = limit if after is not None else self._settings.history_default
-            return rpc.HistoryReply(
-                messages=await self._store.newest(room, newest), recovered=False
-            )
-        if query.op == "lookup":
-            found = await self._store.get(room, query.id) if query.id is not None else None
-            return rpc.HistoryReply(messages=[found] if found is not None else [])
-        if query.op == "before":
-            before = await self._store.before(room, query.before, limit)
-            if before is None:
-                return rpc.HistoryReply(messages=[], known=False)
-            return rpc.HistoryReply(messages=before)
-        return rpc.HistoryReply(messages=await self._store.newest(room, limit))
+            log.warning("store unavailable; history request refused", room=room, op=request.op)
+            reply = rpc.refusal("unavailable", "history is unavailable")
+        except ProtocolError as exc:
+            CHANGES.labels(request.op, exc.code).inc()
+            reply = rpc.refusal(exc.code, exc.message)
+        await self._bus.reply(message, reply)

@@ -7,10 +7,15 @@ so consumers can requeue instead of losing a message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage
+
+UNREAD_CAP = 999  # `unread` counts stop here (PROTOCOL.md 2.3)
+MAX_DISTINCT_REACTIONS = 20
 
 
 class StoreError(Exception):
@@ -21,8 +26,30 @@ class StoreUnavailableError(StoreError):
     """The database did not answer or refused the operation."""
 
 
+class ReadState(NamedTuple):
+    """A reader's place in a room: the marker's message id (None before the first `markRead`)
+    and how many messages by others, not deleted, follow it (at most `UNREAD_CAP`)."""
+
+    last_read: str | None
+    unread: int
+
+
 class MessageStore(Protocol):
-    """Messages of every room, in the order they were stored, unique on (room, id)."""
+    """Messages of every room, in the order they were stored, unique on (room, id).
+
+    Revs (PROTOCOL.md 2.3): every change to a room (a new message, an edit, a delete, a
+    reaction) gets rev = max(the caller's proposal, the room's largest rev + 1), so a room's revs
+    are unique and grow in the order the changes were stored. A change that changes nothing (a
+    reaction already there, an edit to the same body, a second delete) keeps the message and its
+    rev as they are. Messages keep their stored order (`seq`) whatever their rev; reads return
+    them in their current state, tombstones (`deleted: True`, body "") included.
+
+    The author identity (a session hash) is stored beside a message, never in its wire object;
+    edits and deletes compare it with the requester's (or, for a message stored without one,
+    the usernames). Refusals are `ProtocolError`s: `not_found` (no such message in the room,
+    or it is deleted, for an edit or a reaction), `forbidden`, `invalid` (too many emoji).
+    The store assumes one writer at a time (history's single active consumer).
+    """
 
     async def open(self) -> None:
         """Connect and create indexes; idempotent."""
@@ -32,10 +59,14 @@ class MessageStore(Protocol):
     async def ping(self) -> bool:
         """Whether the database answers now (for /readyz)."""
 
-    async def insert_many(self, messages: list[ChatMessage]) -> list[ChatMessage]:
-        """Store in list order, skipping any whose (room, id) is stored already.
+    async def insert_many(
+        self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
+    ) -> list[ChatMessage]:
+        """Store in list order, skipping any whose (room, id) is stored already; `authors`, when
+        given, holds each message's author identity (same length, None for unknown).
 
-        Returns, for each input in order, the message as stored: the earlier one for a repeat.
+        Returns, for each input in order, the message as stored (with its rev): the earlier one,
+        unchanged, for a repeat.
         """
 
     async def get(self, room: str, message_id: str) -> ChatMessage | None: ...
@@ -51,6 +82,132 @@ class MessageStore(Protocol):
     ) -> list[ChatMessage] | None:
         """Up to `limit` messages stored before `message_id` (or the newest when None), oldest
         first; None if `message_id` is unknown."""
+
+    async def since_rev(self, room: str, rev: int, limit: int) -> list[ChatMessage]:
+        """Up to `limit` messages whose rev is above `rev`, in rev order (the caller asks one
+        more than it sends, to know whether everything fitted)."""
+
+    async def edit(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        author: str,
+        username: str,
+        body: str,
+        at: int,
+        rev: int,
+    ) -> ChatMessage:
+        """A new body, `edited` = `at`; only by the author."""
+
+    async def delete(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        author: str,
+        username: str,
+        moderator: bool = False,
+        rev: int,
+    ) -> ChatMessage:
+        """Make the message a tombstone (body "", reactions dropped); by the author or a
+        moderator. Deleting a tombstone again returns it as it is."""
+
+    async def react(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        username: str,
+        emoji: str,
+        add: bool,
+        rev: int,
+        max_distinct: int = MAX_DISTINCT_REACTIONS,
+    ) -> ChatMessage:
+        """Add or remove `username` under `emoji`; at most `max_distinct` emoji per message."""
+
+    async def mark_read(self, room: str, reader: str, message_id: str) -> str:
+        """Move the reader's marker forward to `message_id` (by stored order; never back).
+        Returns the marker's id afterwards; `not_found` for an id the room does not hold."""
+
+    async def read_state(self, room: str, reader: str, username: str | None) -> ReadState:
+        """The reader's marker and the count of messages after it (all of the room without a
+        marker) by users other than `username`, not deleted, at most `UNREAD_CAP`."""
+
+
+# What both stores judge alike: pure functions of the stored message ---------------------------
+def next_rev(proposed: int, room_max: int) -> int:
+    """The rev a change gets: the proposal, raised above everything the room holds."""
+    return max(proposed, room_max + 1)
+
+
+def _is_author(stored: ChatMessage, stored_author: str | None, author: str, username: str) -> bool:
+    if stored_author:
+        return stored_author == author
+    return stored.username == username
+
+
+def edited(
+    stored: ChatMessage,
+    stored_author: str | None,
+    *,
+    author: str,
+    username: str,
+    body: str,
+    at: int,
+) -> ChatMessage | None:
+    """The message with its new body (rev not yet set), None when nothing changes."""
+    if stored.deleted:
+        raise ProtocolError("not_found", f"message {stored.id!r} was deleted")
+    if not _is_author(stored, stored_author, author, username):
+        raise ProtocolError("forbidden", "only the author may edit a message")
+    if stored.body == body:
+        return None
+    return stored.model_copy(update={"body": body, "edited": at})
+
+
+def deleted(
+    stored: ChatMessage,
+    stored_author: str | None,
+    *,
+    author: str,
+    username: str,
+    moderator: bool,
+) -> ChatMessage | None:
+    """The tombstone (rev not yet set), None when the message is one already."""
+    if not moderator and not _is_author(stored, stored_author, author, username):
+        raise ProtocolError("forbidden", "only the author or a moderator may delete a message")
+    if stored.deleted:
+        return None
+    return stored.model_copy(update={"deleted": True, "body": "", "reactions": None})
+
+
+def reacted(
+    stored: ChatMessage, *, username: str, emoji: str, add: bool, max_distinct: int
+) -> ChatMessage | None:
+    """The message with `username` added under (or removed from) `emoji`, rev not yet set;
+    None when nothing changes (already there, or not there to remove)."""
+    if stored.deleted:
+        raise ProtocolError("not_found", f"message {stored.id!r} was deleted")
+    reactions = {e: list(users) for e, users in (stored.reactions or {}).items()}
+    users = reactions.get(emoji, [])
+    if add == (username in users):
+        return None
+    if add:
+        if emoji not in reactions and len(reactions) >= max_distinct:
+            raise ProtocolError("invalid", f"at most {max_distinct} distinct reactions a message")
+        reactions[emoji] = sorted([*users, username])
+    else:
+        users = [u for u in users if u != username]
+        if users:
+            reactions[emoji] = users
+        else:
+            del reactions[emoji]
+    return stored.model_copy(update={"reactions": reactions or None})
+
+
+def not_found(room: str, message_id: str) -> ProtocolError:
+    return ProtocolError("not_found", f"no message {message_id!r} in room {room!r}")
 
 
 @dataclass(frozen=True, slots=True)

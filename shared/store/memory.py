@@ -7,15 +7,42 @@ Nothing here survives the process.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 from roomcast.shared.models import ChatMessage
 
-from .base import PrivateRoom, RoomMember, StoreUnavailableError
+from .base import (
+    MAX_DISTINCT_REACTIONS,
+    UNREAD_CAP,
+    PrivateRoom,
+    ReadState,
+    RoomMember,
+    StoreUnavailableError,
+    deleted,
+    edited,
+    next_rev,
+    not_found,
+    reacted,
+)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A stored message in its current state, and who wrote it (never on the wire)."""
+
+    message: ChatMessage
+    author: str | None
 
 
 class InMemoryMessageStore:
+    """A room's list position is its stored order (`seq` of the MongoDB store)."""
+
     def __init__(self) -> None:
-        self._rooms: dict[str, list[ChatMessage]] = {}
+        self._rooms: dict[str, list[_Entry]] = {}
         self._index: dict[tuple[str, str], int] = {}
+        self._revs: dict[str, int] = {}  # room -> its largest rev
+        self._markers: dict[tuple[str, str], int] = {}  # (room, reader) -> list position
         self.available = True
 
     async def open(self) -> None:
@@ -31,47 +58,166 @@ class InMemoryMessageStore:
         if not self.available:
             raise StoreUnavailableError("the in-memory store is switched off")
 
-    async def insert_many(self, messages: list[ChatMessage]) -> list[ChatMessage]:
+    def _messages(self, room: str) -> list[ChatMessage]:
+        return [entry.message for entry in self._rooms.get(room, [])]
+
+    def _take_rev(self, room: str, proposed: int) -> int:
+        rev = next_rev(proposed, self._revs.get(room, 0))
+        self._revs[room] = rev
+        return rev
+
+    async def insert_many(
+        self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
+    ) -> list[ChatMessage]:
         self._check()
         stored = []
-        for message in messages:
+        for i, message in enumerate(messages):
             key = (message.room, message.id)
             if key in self._index:
-                stored.append(self._rooms[message.room][self._index[key]])
+                stored.append(self._rooms[message.room][self._index[key]].message)
                 continue
             room = self._rooms.setdefault(message.room, [])
+            fresh = message.model_copy(update={"rev": self._take_rev(message.room, message.rev)})
             self._index[key] = len(room)
-            room.append(message)
-            stored.append(message)
+            room.append(_Entry(fresh, authors[i] if authors is not None else None))
+            stored.append(fresh)
         return stored
 
     async def get(self, room: str, message_id: str) -> ChatMessage | None:
         self._check()
         position = self._index.get((room, message_id))
-        return None if position is None else self._rooms[room][position]
+        return None if position is None else self._rooms[room][position].message
 
     async def newest(self, room: str, limit: int) -> list[ChatMessage]:
         self._check()
-        return self._rooms.get(room, [])[-limit:]
+        return self._messages(room)[-limit:] if limit > 0 else []
 
     async def after(self, room: str, message_id: str, limit: int) -> list[ChatMessage] | None:
         self._check()
         position = self._index.get((room, message_id))
         if position is None:
             return None
-        return self._rooms[room][position + 1 : position + 1 + limit]
+        return self._messages(room)[position + 1 : position + 1 + max(0, limit)]
 
     async def before(
         self, room: str, message_id: str | None, limit: int
     ) -> list[ChatMessage] | None:
         self._check()
-        messages = self._rooms.get(room, [])
+        messages = self._messages(room)
         if message_id is None:
-            return messages[-limit:]
+            return messages[-limit:] if limit > 0 else []
         position = self._index.get((room, message_id))
         if position is None:
             return None
         return messages[max(0, position - limit) : position]
+
+    async def since_rev(self, room: str, rev: int, limit: int) -> list[ChatMessage]:
+        self._check()
+        changed = sorted((m for m in self._messages(room) if m.rev > rev), key=lambda m: m.rev)
+        return changed[: max(0, limit)]
+
+    def _change(
+        self,
+        room: str,
+        message_id: str,
+        proposed: int,
+        judge: Callable[[_Entry], ChatMessage | None],
+    ) -> ChatMessage:
+        """Apply what `judge` makes of the stored entry; a None verdict changes nothing."""
+        self._check()
+        position = self._index.get((room, message_id))
+        if position is None:
+            raise not_found(room, message_id)
+        entry = self._rooms[room][position]
+        changed = judge(entry)
+        if changed is None:
+            return entry.message
+        entry.message = changed.model_copy(update={"rev": self._take_rev(room, proposed)})
+        return entry.message
+
+    async def edit(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        author: str,
+        username: str,
+        body: str,
+        at: int,
+        rev: int,
+    ) -> ChatMessage:
+        return self._change(
+            room,
+            message_id,
+            rev,
+            lambda e: edited(
+                e.message, e.author, author=author, username=username, body=body, at=at
+            ),
+        )
+
+    async def delete(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        author: str,
+        username: str,
+        moderator: bool = False,
+        rev: int,
+    ) -> ChatMessage:
+        return self._change(
+            room,
+            message_id,
+            rev,
+            lambda e: deleted(
+                e.message, e.author, author=author, username=username, moderator=moderator
+            ),
+        )
+
+    async def react(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        username: str,
+        emoji: str,
+        add: bool,
+        rev: int,
+        max_distinct: int = MAX_DISTINCT_REACTIONS,
+    ) -> ChatMessage:
+        return self._change(
+            room,
+            message_id,
+            rev,
+            lambda e: reacted(
+                e.message, username=username, emoji=emoji, add=add, max_distinct=max_distinct
+            ),
+        )
+
+    async def mark_read(self, room: str, reader: str, message_id: str) -> str:
+        self._check()
+        position = self._index.get((room, message_id))
+        if position is None:
+            raise not_found(room, message_id)
+        key = (room, reader)
+        marker = max(position, self._markers.get(key, -1))
+        self._markers[key] = marker
+        return self._rooms[room][marker].message.id
+
+    async def read_state(self, room: str, reader: str, username: str | None) -> ReadState:
+        self._check()
+        marker = self._markers.get((room, reader))
+        entries = self._rooms.get(room, [])
+        start = 0 if marker is None else marker + 1
+        unread = 0
+        for entry in entries[start:]:
+            message = entry.message
+            if message.username != username and not message.deleted:
+                unread += 1
+                if unread == UNREAD_CAP:
+                    break
+        last_read = None if marker is None else entries[marker].message.id
+        return ReadState(last_read, unread)
 
 
 class InMemoryRoomStore:

@@ -4,10 +4,18 @@ This is the only module that imports pymongo. It runs unchanged against a real M
 (production, docker compose) and SecantusDB (`roomcast dev`, tests).
 
 Documents:
-- `messages`: one document per stored message, `{room, id, username, body, time, seq}`.
+- `messages`: one document per stored message, `{room, id, username, body, time, rev, seq}`,
+  plus `edited`, `deleted`, `reactions` (`[{emoji, users}]`: emoji are not safe as field names)
+  when set, and `author` (the author's identity, never sent to clients).
   `seq` is a number that grows with every stored message (across rooms), so ordering a room by
-  `seq` gives the order the messages were stored in. Indexes: unique `(room, id)` (idempotent
-  writes) and `(room, seq)` (newest N, after/before a message).
+  `seq` gives the order the messages were stored in; `rev` (PROTOCOL.md 2.3) grows with every
+  change to a room. Indexes: unique `(room, id)` (idempotent writes), `(room, seq)` (newest N,
+  after/before a message) and `(room, rev)` (`since_rev`).
+- `revs`: `{_id: room, rev}`, the room's largest rev. A change reads it, takes the next rev and
+  raises it with `$max` before writing the message, so a crash in between leaves a gap, never a
+  repeat. Reading then raising is safe with one writer: history's single active consumer.
+- `markers`: `{room, reader, id, seq}`, a reader's read marker (`seq` of its message), unique on
+  `(room, reader)`; it only moves to a larger `seq`.
 - `counters`: `{_id: "messages", seq}`, the last `seq` handed out. `insert_many` reserves one
   block of numbers per call with an atomic `$inc`, so concurrent writers never share a number
   (history has a single active writer anyway; with more, their batches would interleave).
@@ -22,21 +30,29 @@ The client belongs to the event loop it was opened on: open, use and close a sto
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import structlog
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from ..models import ChatMessage
 from .base import (
+    MAX_DISTINCT_REACTIONS,
+    UNREAD_CAP,
     PrivateRoom,
+    ReadState,
     RoomMember,
     StoreError,
     StoreUnavailableError,
+    deleted,
+    edited,
+    next_rev,
+    not_found,
+    reacted,
 )
 
 log = structlog.get_logger(__name__)
@@ -47,9 +63,12 @@ T = TypeVar("T")
 MESSAGES = "messages"
 COUNTERS = "counters"
 ROOMS = "rooms"
+REVS = "revs"
+MARKERS = "markers"
 
 _DUPLICATE_KEY = 11000
-_MESSAGE_FIELDS: Document = {"_id": 0, "seq": 0}  # the rest is the ChatMessage
+_MESSAGE_FIELDS: Document = {"_id": 0, "seq": 0, "author": 0}  # the rest is the ChatMessage
+_CHANGING = ("body", "rev", "edited", "deleted", "reactions")  # what a change may rewrite
 # Concurrent upserts of one new `_id` race: on MongoDB the loser may get a duplicate-key error;
 # on SecantusDB (0.7.0b3) it may get `None` from `find_one_and_update(..., upsert=True,
 # return_document=AFTER)` although its update was applied. Both mean "try again" (or read back).
@@ -162,6 +181,10 @@ class MongoMessageStore(_MongoStore):
     def _messages(self) -> AsyncCollection[Document]:
         return self._db[MESSAGES]
 
+    @property
+    def _markers(self) -> AsyncCollection[Document]:
+        return self._db[MARKERS]
+
     async def _create_indexes(self) -> None:
         await self._messages.create_index(
             [("room", ASCENDING), ("id", ASCENDING)], unique=True, name="room_id"
@@ -169,27 +192,50 @@ class MongoMessageStore(_MongoStore):
         await self._messages.create_index(
             [("room", ASCENDING), ("seq", ASCENDING)], name="room_seq"
         )
+        await self._messages.create_index(
+            [("room", ASCENDING), ("rev", ASCENDING)], name="room_rev"
+        )
+        await self._markers.create_index(
+            [("room", ASCENDING), ("reader", ASCENDING)], unique=True, name="room_reader"
+        )
         # Create the counter now, so that reservations never race on its first upsert.
         with contextlib.suppress(DuplicateKeyError):
             await self._db[COUNTERS].update_one(
                 {"_id": MESSAGES}, {"$setOnInsert": {"seq": 0}}, upsert=True
             )
 
-    async def insert_many(self, messages: list[ChatMessage]) -> list[ChatMessage]:
-        """Store in list order, skipping any whose (room, id) is stored already.
+    async def insert_many(
+        self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
+    ) -> list[ChatMessage]:
+        """Store in list order, skipping any whose (room, id) is stored already; `authors`, when
+        given, holds each message's author identity.
 
-        Returns, for each input in order, the message as stored: the earlier one for a repeat
-        (stored by an earlier call, or earlier in this list).
+        Returns, for each input in order, the message as stored, with its rev: the earlier one
+        for a repeat (stored by an earlier call, or earlier in this list). Repeats are looked up
+        first, so they take no rev; one that only the insert finds (a racing second writer)
+        has taken one: a gap, harmless.
         """
         if not messages:
             return []
         firsts: dict[tuple[str, str], ChatMessage] = {}
-        for message in messages:
-            firsts.setdefault((message.room, message.id), message)
-        fresh = list(firsts.values())
+        author_of: dict[tuple[str, str], str | None] = {}
+        for i, message in enumerate(messages):
+            key = (message.room, message.id)
+            if key not in firsts:
+                firsts[key] = message
+                author_of[key] = authors[i] if authors is not None else None
+        known = await self._find_many(list(firsts))
+        new_keys = [key for key in firsts if key not in known]
+        firsts.update(known)
+        if not new_keys:
+            return [firsts[(m.room, m.id)] for m in messages]
+        revs = await self._take_revs([(room, firsts[(room, i)].rev) for room, i in new_keys])
+        for key, rev in zip(new_keys, revs, strict=True):
+            firsts[key] = firsts[key].model_copy(update={"rev": rev})
+        fresh = [firsts[key] for key in new_keys]
         last = await self._reserve_seq(len(fresh))
         first_seq = last - len(fresh) + 1
-        docs = [{**m.model_dump(), "seq": first_seq + i} for i, m in enumerate(fresh)]
+        docs = [_document(m, author_of[(m.room, m.id)], first_seq + i) for i, m in enumerate(fresh)]
         duplicates: list[tuple[str, str]] = []
         try:
             await self._messages.insert_many(docs, ordered=False)
@@ -233,20 +279,38 @@ class MongoMessageStore(_MongoStore):
                 return int(counter["seq"])
         raise StoreUnavailableError("mongo reserve seq failed: the counter did not settle")
 
+    async def _take_revs(self, proposals: list[tuple[str, int]]) -> list[int]:
+        """The revs of changes to come, one per (room, proposed rev) in order, each above the
+        room's largest so far; the rooms' counters are raised before anything is written."""
+        rooms = list(dict.fromkeys(room for room, _ in proposals))
+        counters = await self._call(
+            "find revs", self._db[REVS].find({"_id": {"$in": rooms}}).to_list()
+        )
+        tops = {str(doc["_id"]): int(doc.get("rev", 0)) for doc in counters}
+        revs = []
+        for room, proposed in proposals:
+            tops[room] = next_rev(proposed, tops.get(room, 0))
+            revs.append(tops[room])
+        raise_to = [
+            UpdateOne({"_id": room}, {"$max": {"rev": tops[room]}}, upsert=True) for room in rooms
+        ]
+        await self._call("raise revs", self._db[REVS].bulk_write(raise_to, ordered=False))
+        return revs
+
     async def _find_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], ChatMessage]:
         by_room: dict[str, list[str]] = {}
         for room, message_id in keys:
             by_room.setdefault(room, []).append(message_id)
         query = {"$or": [{"room": room, "id": {"$in": ids}} for room, ids in by_room.items()]}
         docs = await self._call("find", self._messages.find(query, _MESSAGE_FIELDS).to_list())
-        found = (ChatMessage.model_validate(doc) for doc in docs)
+        found = (_message(doc) for doc in docs)
         return {(m.room, m.id): m for m in found}
 
     async def get(self, room: str, message_id: str) -> ChatMessage | None:
         doc = await self._call(
             "get", self._messages.find_one({"room": room, "id": message_id}, _MESSAGE_FIELDS)
         )
-        return None if doc is None else ChatMessage.model_validate(doc)
+        return None if doc is None else _message(doc)
 
     async def newest(self, room: str, limit: int) -> list[ChatMessage]:
         """The newest `limit` messages of the room, oldest first."""
@@ -296,7 +360,145 @@ class MongoMessageStore(_MongoStore):
         docs = await self._call("find", cursor.to_list())
         if newest_first:
             docs.reverse()
-        return [ChatMessage.model_validate(doc) for doc in docs]
+        return [_message(doc) for doc in docs]
+
+    async def since_rev(self, room: str, rev: int, limit: int) -> list[ChatMessage]:
+        """Up to `limit` messages whose rev is above `rev`, in rev order."""
+        if limit <= 0:
+            return []
+        cursor = (
+            self._messages.find({"room": room, "rev": {"$gt": rev}}, _MESSAGE_FIELDS)
+            .sort("rev", ASCENDING)
+            .limit(limit)
+        )
+        return [_message(doc) for doc in await self._call("since_rev", cursor.to_list())]
+
+    async def _change(
+        self,
+        room: str,
+        message_id: str,
+        proposed: int,
+        judge: Callable[[ChatMessage, str | None], ChatMessage | None],
+    ) -> ChatMessage:
+        """Apply what `judge` makes of the stored message and its author; a None verdict
+        changes nothing. The write is conditional on the rev that was judged, so a change that
+        raced in between (only possible with two writers) makes it judge again."""
+        for _ in range(_UPSERT_ATTEMPTS):
+            doc = await self._call(
+                "get", self._messages.find_one({"room": room, "id": message_id}, {"_id": 0})
+            )
+            if doc is None:
+                raise not_found(room, message_id)
+            stored = _message(doc)
+            changed = judge(stored, doc.get("author"))
+            if changed is None:
+                return stored
+            [rev] = await self._take_revs([(room, proposed)])
+            fresh = changed.model_copy(update={"rev": rev})
+            judged = {"room": room, "id": message_id, "rev": doc.get("rev", {"$exists": False})}
+            result = await self._call(
+                "change", self._messages.update_one(judged, _change_update(fresh))
+            )
+            if result.matched_count:
+                return fresh
+        raise StoreUnavailableError("mongo change failed: the message kept changing")
+
+    async def edit(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        author: str,
+        username: str,
+        body: str,
+        at: int,
+        rev: int,
+    ) -> ChatMessage:
+        return await self._change(
+            room,
+            message_id,
+            rev,
+            lambda m, a: edited(m, a, author=author, username=username, body=body, at=at),
+        )
+
+    async def delete(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        author: str,
+        username: str,
+        moderator: bool = False,
+        rev: int,
+    ) -> ChatMessage:
+        return await self._change(
+            room,
+            message_id,
+            rev,
+            lambda m, a: deleted(m, a, author=author, username=username, moderator=moderator),
+        )
+
+    async def react(
+        self,
+        room: str,
+        message_id: str,
+        *,
+        username: str,
+        emoji: str,
+        add: bool,
+        rev: int,
+        max_distinct: int = MAX_DISTINCT_REACTIONS,
+    ) -> ChatMessage:
+        return await self._change(
+            room,
+            message_id,
+            rev,
+            lambda m, _: reacted(
+                m, username=username, emoji=emoji, add=add, max_distinct=max_distinct
+            ),
+        )
+
+    async def mark_read(self, room: str, reader: str, message_id: str) -> str:
+        """Move the marker forward in one conditional upsert: a marker at or past the message
+        does not match, and its upsert then fails on the unique (room, reader) index."""
+        seq = await self._seq_of(room, message_id)
+        if seq is None:
+            raise not_found(room, message_id)
+        doc: Document | None
+        try:
+            doc = await self._markers.find_one_and_update(
+                {"room": room, "reader": reader, "seq": {"$lt": seq}},
+                {"$set": {"seq": seq, "id": message_id}},
+                {"_id": 0, "id": 1},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            doc = None  # the marker is there already, at or past the message
+        except PyMongoError as exc:
+            raise _unavailable("mark_read", exc) from exc
+        if doc is None:
+            doc = await self._call(
+                "mark_read", self._markers.find_one({"room": room, "reader": reader}, {"id": 1})
+            )
+        if doc is None:
+            raise StoreUnavailableError("mongo mark_read failed: the marker did not settle")
+        return str(doc["id"])
+
+    async def read_state(self, room: str, reader: str, username: str | None) -> ReadState:
+        marker = await self._call(
+            "read_state",
+            self._markers.find_one({"room": room, "reader": reader}, {"_id": 0, "id": 1, "seq": 1}),
+        )
+        query: Document = {"room": room, "deleted": {"$ne": True}}
+        if username is not None:
+            query["username"] = {"$ne": username}
+        if marker is not None:
+            query["seq"] = {"$gt": marker["seq"]}
+        unread = await self._call(
+            "count unread", self._messages.count_documents(query, limit=UNREAD_CAP)
+        )
+        return ReadState(None if marker is None else str(marker["id"]), int(unread))
 
 
 class MongoRoomStore(_MongoStore):
@@ -357,6 +559,44 @@ async def server_pid(url: str, seconds: float) -> int | None:
         await client.close()
     pid = status.get("pid")
     return pid if isinstance(pid, int) else None
+
+
+def _document(message: ChatMessage, author: str | None, seq: int) -> Document:
+    """A message as stored: its wire fields, its author and its stored order."""
+    doc: Document = message.model_dump(exclude_none=True)
+    if message.reactions is not None:
+        doc["reactions"] = _reactions_doc(message.reactions)
+    if author:
+        doc["author"] = author
+    doc["seq"] = seq
+    return doc
+
+
+def _reactions_doc(reactions: dict[str, list[str]]) -> list[Document]:
+    return [{"emoji": emoji, "users": users} for emoji, users in reactions.items()]
+
+
+def _message(doc: Document) -> ChatMessage:
+    """The message of a stored document (its `_id`, `seq` and `author` are left behind)."""
+    fields = {k: v for k, v in doc.items() if k not in ("_id", "seq", "author")}
+    reactions = fields.get("reactions")
+    if isinstance(reactions, list):
+        fields["reactions"] = {r["emoji"]: r["users"] for r in reactions} or None
+    return ChatMessage.model_validate(fields)
+
+
+def _change_update(message: ChatMessage) -> Document:
+    """The update that writes a changed message's changing fields (unset when None)."""
+    values = message.model_dump()
+    sets: Document = {}
+    unsets: Document = {}
+    for name in _CHANGING:
+        value = values[name]
+        if value is None:
+            unsets[name] = ""
+        else:
+            sets[name] = _reactions_doc(value) if name == "reactions" else value
+    return {"$set": sets, "$unset": unsets} if unsets else {"$set": sets}
 
 
 def _room_from_doc(doc: Document) -> PrivateRoom:

@@ -25,8 +25,14 @@ DAN = RoomMember("dan", "hash-dan")
 
 
 def msg(n: int, room: str = "lobby", body: str | None = None) -> ChatMessage:
+    """Message n, proposing rev n: stored in order of n, the store keeps that rev (2.3)."""
     return ChatMessage(
-        id=f"m{n:04d}", username="ann", body=body or f"hello {n}", time=1_700_000_000 + n, room=room
+        id=f"m{n:04d}",
+        username="ann",
+        body=body or f"hello {n}",
+        time=1_700_000_000 + n,
+        room=room,
+        rev=n,
     )
 
 
@@ -70,14 +76,19 @@ async def test_insert_stores_in_list_order_with_increasing_seq(
     messages: MongoMessageStore, mongo_url: str, mongo_db: str
 ) -> None:
     batch = [msg(3), msg(1), msg(2)]
-    assert await messages.insert_many(batch) == batch
-    assert await messages.insert_many(msgs(4, 5)) == msgs(4, 5)
+    stored = await messages.insert_many(batch)
+    # proposals below the room's largest rev are raised (2.3)
+    assert stored == [
+        m.model_copy(update={"rev": rev}) for m, rev in zip(batch, (3, 4, 5), strict=True)
+    ]
+    later = [m.model_copy(update={"rev": rev}) for m, rev in zip(msgs(4, 5), (6, 7), strict=True)]
+    assert await messages.insert_many(msgs(4, 5)) == later
 
     docs = await raw_docs(mongo_url, mongo_db, "lobby")
     assert [d["id"] for d in docs] == ["m0003", "m0001", "m0002", "m0004", "m0005"]
     seqs = [d["seq"] for d in docs]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert await messages.newest("lobby", 10) == [*batch, *msgs(4, 5)]
+    assert await messages.newest("lobby", 10) == [*stored, *later]
 
 
 async def test_insert_nothing(messages: MongoMessageStore) -> None:
@@ -131,13 +142,17 @@ async def test_a_large_batch_with_repeats(
     await messages.insert_many(msgs(1, 500, "big")[::2])  # the odd ones
     everything = msgs(1, 500, "big")
 
-    assert await messages.insert_many(everything) == everything
+    answered = await messages.insert_many(everything)
+    assert [m.id for m in answered] == [m.id for m in everything]
+    assert answered[::2] == everything[::2]  # the repeats, unchanged
+    evens = [m.model_copy(update={"rev": 499 + i}) for i, m in enumerate(everything[1::2], 1)]
+    assert answered[1::2] == evens  # new ones after rev 499, in list order
 
     stored = await raw_docs(mongo_url, mongo_db, "big")
     assert len(stored) == 500
     odd_first = msgs(1, 500, "big")[::2] + msgs(1, 500, "big")[1::2]
     assert [d["id"] for d in stored] == [m.id for m in odd_first]
-    assert await messages.newest("big", 250) == msgs(1, 500, "big")[1::2]
+    assert await messages.newest("big", 250) == evens
 
 
 async def test_get(messages: MongoMessageStore) -> None:

@@ -1,0 +1,87 @@
+"""History reads: the answers to `HistoryQuery`, one small function per op.
+
+Every read returns messages in their current state (tombstones included, so pages keep their
+places). `recent`, `since` and `since_rev` also carry a reader's read state when the query
+names the reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from roomcast.shared import rpc
+from roomcast.shared.config import Settings
+from roomcast.shared.store.base import MessageStore
+
+Read = Callable[[MessageStore, Settings, str, rpc.HistoryQuery, int], Awaitable[rpc.HistoryReply]]
+
+WITH_READ_STATE = frozenset({"recent", "since", "since_rev"})
+
+
+async def _recent(
+    store: MessageStore, settings: Settings, room: str, query: rpc.HistoryQuery, limit: int
+) -> rpc.HistoryReply:
+    return rpc.HistoryReply(messages=await store.newest(room, limit))
+
+
+async def _since(
+    store: MessageStore, settings: Settings, room: str, query: rpc.HistoryQuery, limit: int
+) -> rpc.HistoryReply:
+    """Recovery after an id: everything after it when that fits; else the newest `limit` (the
+    id is known) or the default page (it is not), with `recovered` False."""
+    if query.since is None:
+        return await _recent(store, settings, room, query, limit)
+    after = await store.after(room, query.since, limit + 1)
+    if after is not None and len(after) <= limit:
+        return rpc.HistoryReply(messages=after, recovered=True)
+    newest = limit if after is not None else settings.history_default
+    return rpc.HistoryReply(messages=await store.newest(room, newest), recovered=False)
+
+
+async def _since_rev(
+    store: MessageStore, settings: Settings, room: str, query: rpc.HistoryQuery, limit: int
+) -> rpc.HistoryReply:
+    """Every message changed after a rev, in rev order, when they fit; else, as for `since`,
+    the newest `limit` with `recovered` False (the client starts its view afresh)."""
+    if query.since_rev is None:
+        return await _recent(store, settings, room, query, limit)
+    changed = await store.since_rev(room, query.since_rev, limit + 1)
+    if len(changed) <= limit:
+        return rpc.HistoryReply(messages=changed, recovered=True)
+    return rpc.HistoryReply(messages=await store.newest(room, limit), recovered=False)
+
+
+async def _before(
+    store: MessageStore, settings: Settings, room: str, query: rpc.HistoryQuery, limit: int
+) -> rpc.HistoryReply:
+    before = await store.before(room, query.before, limit)
+    if before is None:
+        return rpc.HistoryReply(messages=[], known=False)
+    return rpc.HistoryReply(messages=before)
+
+
+async def _lookup(
+    store: MessageStore, settings: Settings, room: str, query: rpc.HistoryQuery, limit: int
+) -> rpc.HistoryReply:
+    found = await store.get(room, query.id) if query.id is not None else None
+    return rpc.HistoryReply(messages=[found] if found is not None else [])
+
+
+READS: dict[str, Read] = {
+    "recent": _recent,
+    "since": _since,
+    "since_rev": _since_rev,
+    "before": _before,
+    "lookup": _lookup,
+}
+
+
+async def answer(
+    store: MessageStore, settings: Settings, room: str, query: rpc.HistoryQuery
+) -> rpc.HistoryReply:
+    """The reply to a query; raises `StoreUnavailableError` when the store does not answer."""
+    reply = await READS[query.op](store, settings, room, query, max(1, query.limit))
+    if query.reader is None or query.op not in WITH_READ_STATE:
+        return reply
+    state = await store.read_state(room, query.reader, query.username)
+    return reply.model_copy(update={"last_read": state.last_read, "unread": state.unread})
