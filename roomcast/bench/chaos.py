@@ -155,7 +155,7 @@ class ChaosRun:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.progress.phase("reading the store", 1)
             stored = await self._stored()
-            verdict = audit(stored, self.clients)
+            verdict = audit(stored, self.clients, self.t0_unix)
             result = self._result(verdict, drained=drained, settled=settled)
             keep = not result["ok"]
             result["logs"] = str(self.workdir) if keep else None

@@ -22,8 +22,11 @@ from .chaosclient import ChaosClient
 EXAMPLES = 5
 
 
-def audit(stored: Mapping[str, list[dict[str, Any]]], clients: list[ChaosClient]) -> dict[str, Any]:
-    """`stored`: room -> its messages in store order."""
+def audit(
+    stored: Mapping[str, list[dict[str, Any]]], clients: list[ChaosClient], t0_unix: float = 0.0
+) -> dict[str, Any]:
+    """`stored`: room -> its messages in store order; `t0_unix`: the run's start, to say when
+    (in the run's seconds, by the server's clock) a missing message was posted."""
     writers = [c for c in clients if c.writer]
     readers = [c for c in clients if not c.writer]
     acked = {mid for c in writers for mid in c.acked}
@@ -40,11 +43,14 @@ def audit(stored: Mapping[str, list[dict[str, Any]]], clients: list[ChaosClient]
     for reader in readers:
         rooms: dict[str, int] = {}
         examples: list[str] = []
+        posted_at: list[float] = []
         for room in reader.rooms:
             view = reader.views[room]
-            missing = [m["id"] for m in stored.get(room, []) if not view.seen(m["id"])]
+            missing = [m for m in stored.get(room, []) if not view.seen(m["id"])]
             rooms[room] = len(missing)
-            examples.extend(missing[: EXAMPLES - len(examples)])
+            for m in missing[: EXAMPLES - len(examples)]:
+                examples.append(m["id"])
+                posted_at.append(round(m["time"] / 1000 - t0_unix, 2))
         live = sum(len(reader.views[r].live_dups) for r in reader.rooms)
         history = sum(len(reader.views[r].history_dups) for r in reader.rooms)
         shown_live += live
@@ -55,6 +61,7 @@ def audit(stored: Mapping[str, list[dict[str, Any]]], clients: list[ChaosClient]
             "gaps": gaps,
             "by_room": rooms,
             "examples": examples,
+            "examples_posted_at_s": posted_at,
             "shown_twice": live + history,
             "shown_twice_examples": [
                 i
