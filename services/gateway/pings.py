@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from hypercorn.config import Config
 from hypercorn.protocol import h2, h11, ws_stream
+from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import StreamClosed
 from prometheus_client import Counter
 from wsproto.events import CloseConnection, Event, Ping, Pong
@@ -46,6 +47,16 @@ class PingingWSStream(ws_stream.WSStream):
     """Hypercorn's WebSocket stream, plus a deadline on every ping (and on the close)."""
 
     _unanswered_since: float | None = None  # when the oldest unanswered ping was sent
+    _pinger: asyncio.Task[Any] | None = None
+
+    async def handle(self, event: StreamEvent) -> None:
+        await super().handle(event)
+        # Stop pinging at once when the stream ends: the connection's task group waits for
+        # every task, so a pinger asleep for an interval would hold a closed socket that long.
+        pinger = self._pinger
+        if self.closed and pinger is not None and pinger is not asyncio.current_task():
+            self._pinger = None
+            pinger.cancel()
 
     async def _accept(self, message: Any) -> None:
         await super()._accept(message)
@@ -60,6 +71,7 @@ class PingingWSStream(ws_stream.WSStream):
         self.connection.events = watched  # type: ignore[method-assign]
 
     async def _send_pings(self) -> None:
+        self._pinger = asyncio.current_task()
         timeout: float | None = getattr(self.config, _TIMEOUT, None)
         interval = self.config.websocket_ping_interval
         if timeout is None or interval is None:

@@ -206,3 +206,25 @@ async def test_a_close_the_peer_never_answers_does_not_hold_the_connection(serve
         lines = [e for e in logs if e["event"] == "websocket peer did not answer; closing"]
         assert [e["unanswered"] for e in lines] == ["close"]
     assert await users(server) == []
+
+
+def pingers() -> int:
+    return sum(
+        1
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "PingingWSStream._send_pings"
+    )
+
+
+@pytest.mark.settings(ping_interval=3600)
+async def test_a_closed_socket_stops_its_pinger_at_once(connect) -> None:
+    """Hypercorn's connection waits for all its tasks: a pinger asleep for the interval would
+    keep every closed socket's connection alive that long (and be cancelled at shutdown)."""
+    clients: list[ChatClient] = [await connect() for _ in range(3)]
+    await clients[0].join("alice")
+    assert pingers() >= 3
+    for client in clients:
+        await client.close()
+    async with asyncio.timeout(10):
+        while pingers():  # noqa: ASYNC110 - tasks ending: no event to wait on
+            await asyncio.sleep(0.02)
