@@ -15,7 +15,6 @@ so that a flood of refused handshakes cannot flood it (the next line says how ma
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
@@ -26,6 +25,8 @@ from prometheus_client import Counter
 
 from roomcast.shared.config import Settings, normalise_origin
 
+from .logthrottle import LogThrottle
+
 log = structlog.get_logger(__name__)
 
 REFUSED = Counter(
@@ -33,8 +34,6 @@ REFUSED = Counter(
 )
 
 IPAddress = IPv4Address | IPv6Address
-_LOG_BURST = 10  # refusal lines per reason per window; the rest are counted, not logged
-_LOG_WINDOW = 10.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class Admission:
         self._any_origin = "*" in settings.allowed_origins
         self._origins = frozenset(settings.allowed_origins)
         self._open: dict[str, int] = {}  # bucket -> open sockets; no entry at zero
-        self._throttle = _Throttle()
+        self._throttle = LogThrottle()  # lines per reason
 
     def admit(self, scope: Mapping[str, Any]) -> Ticket | Refusal:
         headers = _headers(scope)
@@ -98,9 +97,10 @@ class Admission:
         REFUSED.labels(reason).inc()
         left_out = self._throttle.allow(reason)
         if left_out is not None:
-            if left_out:
-                extra["left_out"] = str(left_out)
-            log.warning("websocket handshake refused", reason=reason, address=address, **extra)
+            more: dict[str, object] = {"left_out": left_out} if left_out else {}
+            log.warning(
+                "websocket handshake refused", reason=reason, address=address, **extra, **more
+            )
         return Refusal(status, reason, body)
 
     def client_address(self, scope: Mapping[str, Any]) -> str:
@@ -160,26 +160,6 @@ class Admission:
         if not host:
             return None
         return normalise_origin(f"{scheme}://{host}")
-
-
-class _Throttle:
-    """At most `_LOG_BURST` lines per reason per `_LOG_WINDOW` seconds."""
-
-    def __init__(self) -> None:
-        self._windows: dict[str, list[float]] = {}  # reason -> [window start, logged, left out]
-
-    def allow(self, reason: str) -> int | None:
-        """None to stay quiet; otherwise how many were left out since the last line."""
-        now = time.monotonic()
-        window = self._windows.setdefault(reason, [now, 0, 0])
-        if now - window[0] >= _LOG_WINDOW:
-            window[0], window[1] = now, 0
-        if window[1] >= _LOG_BURST:
-            window[2] += 1
-            return None
-        window[1] += 1
-        left_out, window[2] = int(window[2]), 0
-        return left_out
 
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:

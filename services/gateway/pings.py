@@ -31,11 +31,15 @@ from hypercorn.protocol.events import StreamClosed
 from prometheus_client import Counter
 from wsproto.events import CloseConnection, Event, Ping, Pong
 
+from .logthrottle import LogThrottle
+
 log = structlog.get_logger(__name__)
 
 CLOSE_PING_TIMEOUT = 1001  # "going away": the peer is gone as far as the server can tell
 _TIMEOUT = "_roomcast_ping_timeout"  # where `enable_pings` leaves the timeout on the Config
 _CLOSE_FRAME_WAIT = 1.0  # seconds to try to hand a dead peer its close frame
+
+_LOG = LogThrottle()  # a network outage drops thousands of peers at once
 
 PING_TIMEOUTS = Counter(
     "roomcast_gateway_ping_timeouts_total",
@@ -100,13 +104,16 @@ class PingingWSStream(ws_stream.WSStream):
         if self.closed:
             return
         PING_TIMEOUTS.inc()
-        closing = self.state == ws_stream.ASGIWebsocketState.CLOSED
-        log.info(
-            "websocket peer did not answer; closing",
-            unanswered="close" if closing else "ping",
-            waited=round(waited, 3),
-            peer=f"{self.client[0]}:{self.client[1]}" if self.client else "unknown",
-        )
+        unanswered = "close" if self.state == ws_stream.ASGIWebsocketState.CLOSED else "ping"
+        left_out = _LOG.allow(unanswered)
+        if left_out is not None:
+            log.info(
+                "websocket peer did not answer; closing",
+                unanswered=unanswered,
+                waited=round(waited, 3),
+                peer=f"{self.client[0]}:{self.client[1]}" if self.client else "unknown",
+                **({"left_out": left_out} if left_out else {}),
+            )
         close = CloseConnection(code=CLOSE_PING_TIMEOUT, reason="ping timeout")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_CLOSE_FRAME_WAIT):

@@ -20,7 +20,7 @@ import structlog
 import websockets
 from prometheus_client import REGISTRY
 
-import roomcast.gateway.admission as admission_module
+import roomcast.gateway.logthrottle as logthrottle
 from roomcast.gateway.admission import Admission, Refusal, Ticket
 from roomcast.shared.config import ConfigError, load_settings
 from tests.support.chat_client import ChatClient
@@ -261,7 +261,7 @@ def test_no_limit_with_zero() -> None:
 
 def test_refusal_lines_are_throttled_per_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(admission_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(logthrottle.time, "monotonic", lambda: now[0])
     gate = admission(max_connections_per_ip=1)
     first = gate.admit(scope())
     before = refused("too_many_connections")
@@ -276,7 +276,7 @@ def test_refusal_lines_are_throttled_per_reason(monkeypatch: pytest.MonkeyPatch)
         "origin",
         "too_many_connections",
     ]
-    assert lines[-1]["left_out"] == "15" and "left_out" not in lines[0]
+    assert lines[-1]["left_out"] == 15 and "left_out" not in lines[0]
     assert refused("too_many_connections") == before + 26  # every one counted
     assert isinstance(first, Ticket)
 
