@@ -48,6 +48,9 @@ class Limits(BaseSettings):
     max_frame_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     max_username_chars: int = Field(32, ge=1, le=256)
     max_room_chars: int = Field(64, ge=1, le=200)
+    # UTF-8 bytes: names are routing-key words, and AMQP keys end at 255 bytes (shared/topics.py)
+    max_username_bytes: int = Field(64, ge=4, le=128)
+    max_room_bytes: int = Field(128, ge=4, le=200)
     max_body_chars: int = Field(2000, ge=1, le=100_000)
     rate_per_second: float = Field(10.0, gt=0)  # updateChat, per user (all of a session's sockets)
     rate_burst: int = Field(20, ge=1)
@@ -84,6 +87,8 @@ class Settings(Limits):
     bus_inbox_limit: int = Field(100_000, ge=100, le=10_000_000)
     websocket_compression: bool = False
     drain_seconds: float = Field(10.0, ge=0, le=600)
+    # how long a username stays reserved for its session after its last connection (2.2)
+    name_grace_seconds: float = Field(600.0, ge=0, le=30 * 86400)
     # handshakes (protocol 2.2): open sockets per client address (0: no limit), the proxies whose
     # forwarded headers are believed, which headers those are, and the browser origins let in
     max_connections_per_ip: int = Field(1000, ge=0, le=10_000_000)

@@ -12,14 +12,21 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
-NAME_RE = re.compile(r"^[\w-]+$")  # Unicode letters and digits, `_` and `-`
+from roomcast.shared.names import InvalidNameError, normalise_name
+
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAIN_ROOM = "main"
 
 
-def is_valid_name(value: str, max_chars: int) -> bool:
-    """A username or room name: 1..max characters of letters, digits, `_`, `-`."""
-    return 0 < len(value) <= max_chars and NAME_RE.match(value) is not None and value.isprintable()
+def is_valid_name(value: str, max_chars: int, max_bytes: int | None = None) -> bool:
+    """A username or room name already in its normal form (roomcast.shared.names), within
+    `max_chars` characters and `max_bytes` UTF-8 bytes (default: two per character, which is
+    what the default limits are)."""
+    limit = 2 * max_chars if max_bytes is None else max_bytes
+    try:
+        return normalise_name(value, "username", max_chars, limit) == value
+    except InvalidNameError:
+        return False
 
 
 class ChatMessage(BaseModel):

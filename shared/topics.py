@@ -1,11 +1,16 @@
 """Routing keys and queue names: the broker topology in one place (docs/architecture.md).
 
 Room and user names cannot contain `.`, `*` or `#`, so they are safe as routing-key words.
+AMQP ends a routing key at 255 bytes: a name is at most 200 UTF-8 bytes (`Limits`), and an
+event name at most `MAX_EVENT_BYTES`, so every key built here fits (tests/unit/test_names.py).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+MAX_KEY_BYTES = 255  # AMQP's limit on a routing key
+MAX_EVENT_BYTES = 32  # the longest event or op name a key may carry
 
 
 class Header:
