@@ -228,8 +228,28 @@ class PrivateRoom:
         return {m.username for m in self.members}
 
 
+@dataclass(frozen=True, slots=True)
+class NameReservation:
+    """A username kept for its owner after its last connection closed (PROTOCOL.md 2.2): a
+    join of the same `key` (roomcast.shared.names.username_key) under another session is
+    refused until `expires` (seconds since the epoch: it must mean the same on every host)."""
+
+    key: str
+    username: str
+    session_hash: str
+    expires: float
+
+    def holds(self, now: float) -> bool:
+        return now < self.expires
+
+
 class RoomStore(Protocol):
-    """Private rooms and their two members; they outlive every process."""
+    """Private rooms and their two members, and name reservations; they outlive every process.
+
+    A reservation is one per name key: reserving a key again replaces it. Reservations end by
+    themselves (`expires`); `purge_reservations` removes the ended ones, so the store holds at
+    most the names that were in use during the last grace period.
+    """
 
     async def open(self) -> None: ...
 
@@ -242,3 +262,12 @@ class RoomStore(Protocol):
     async def make_private(self, room: str, members: tuple[RoomMember, RoomMember]) -> PrivateRoom:
         """Make the room private to the pair unless it already is private: returns what is stored
         (the existing room when another pair owns it, so the caller can refuse)."""
+
+    async def reserve_name(self, reservation: NameReservation) -> None:
+        """Keep `reservation.key` for its session until it expires (replacing any earlier)."""
+
+    async def get_reservation(self, key: str, now: float) -> NameReservation | None:
+        """The reservation of `key` still in force at `now`, if any."""
+
+    async def purge_reservations(self, now: float) -> int:
+        """Forget the reservations that ended before `now`; returns how many."""

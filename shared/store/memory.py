@@ -15,6 +15,7 @@ from roomcast.shared.models import ChatMessage
 from .base import (
     MAX_DISTINCT_REACTIONS,
     UNREAD_CAP,
+    NameReservation,
     PrivateRoom,
     ReadState,
     RoomMember,
@@ -223,6 +224,7 @@ class InMemoryMessageStore:
 class InMemoryRoomStore:
     def __init__(self) -> None:
         self._rooms: dict[str, PrivateRoom] = {}
+        self._names: dict[str, NameReservation] = {}
 
     async def open(self) -> None:
         pass
@@ -238,3 +240,16 @@ class InMemoryRoomStore:
 
     async def make_private(self, room: str, members: tuple[RoomMember, RoomMember]) -> PrivateRoom:
         return self._rooms.setdefault(room, PrivateRoom(room, members))
+
+    async def reserve_name(self, reservation: NameReservation) -> None:
+        self._names[reservation.key] = reservation
+
+    async def get_reservation(self, key: str, now: float) -> NameReservation | None:
+        found = self._names.get(key)
+        return found if found is not None and found.holds(now) else None
+
+    async def purge_reservations(self, now: float) -> int:
+        ended = [key for key, r in self._names.items() if not r.holds(now)]
+        for key in ended:
+            del self._names[key]
+        return len(ended)

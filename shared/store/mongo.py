@@ -21,6 +21,10 @@ Documents:
   (history has a single active writer anyway; with more, their batches would interleave).
 - `rooms`: one document per private room, `{_id: room, members: [{username, session_hash}] * 2}`.
   Only session hashes are stored, never sessions.
+- `names`: one document per reserved name, `{_id: key, username, session_hash, expires,
+  expires_at}` (`expires` in seconds since the epoch, what reads compare; `expires_at` the same
+  as a date, for a TTL index that lets MongoDB drop ended reservations by itself; presence
+  also purges them, for servers without TTL monitors).
 
 Every pymongo error surfaces as `StoreUnavailableError`, chained to the original; the messages
 of these errors never hold the connection URL (it may hold credentials), and neither do logs.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -43,6 +48,7 @@ from ..models import ChatMessage
 from .base import (
     MAX_DISTINCT_REACTIONS,
     UNREAD_CAP,
+    NameReservation,
     PrivateRoom,
     ReadState,
     RoomMember,
@@ -63,6 +69,7 @@ T = TypeVar("T")
 MESSAGES = "messages"
 COUNTERS = "counters"
 ROOMS = "rooms"
+NAMES = "names"
 REVS = "revs"
 MARKERS = "markers"
 
@@ -507,6 +514,44 @@ class MongoRoomStore(_MongoStore):
     @property
     def _rooms(self) -> AsyncCollection[Document]:
         return self._db[ROOMS]
+
+    @property
+    def _names(self) -> AsyncCollection[Document]:
+        return self._db[NAMES]
+
+    async def _create_indexes(self) -> None:
+        await self._names.create_index("expires_at", expireAfterSeconds=0, name="names_ttl")
+
+    async def reserve_name(self, reservation: NameReservation) -> None:
+        doc = {
+            "username": reservation.username,
+            "session_hash": reservation.session_hash,
+            "expires": reservation.expires,
+            "expires_at": datetime.fromtimestamp(reservation.expires, UTC).replace(tzinfo=None),
+        }
+        await self._call(
+            "reserve_name",
+            self._names.replace_one({"_id": reservation.key}, doc, upsert=True),
+        )
+
+    async def get_reservation(self, key: str, now: float) -> NameReservation | None:
+        doc = await self._call(
+            "get_reservation", self._names.find_one({"_id": key, "expires": {"$gt": now}})
+        )
+        if doc is None:
+            return None
+        return NameReservation(
+            key=str(doc["_id"]),
+            username=str(doc["username"]),
+            session_hash=str(doc["session_hash"]),
+            expires=float(doc["expires"]),
+        )
+
+    async def purge_reservations(self, now: float) -> int:
+        result = await self._call(
+            "purge_reservations", self._names.delete_many({"expires": {"$lte": now}})
+        )
+        return int(result.deleted_count)
 
     async def get_private(self, room: str) -> PrivateRoom | None:
         doc = await self._call("get_private", self._rooms.find_one({"_id": room}))

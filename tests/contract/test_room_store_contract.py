@@ -1,0 +1,133 @@
+"""The `RoomStore` contract (roomcast.shared.store.base): every test body runs on
+`InMemoryRoomStore` (`unit`) and on `MongoRoomStore` against a real SecantusDB (`integration`):
+private rooms, and name reservations that outlive a presence restart and end by themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from roomcast.shared.secantus import SecantusServer
+from roomcast.shared.store.base import NameReservation, RoomMember, RoomStore
+from roomcast.shared.store.memory import InMemoryRoomStore
+from roomcast.shared.store.mongo import MongoRoomStore
+
+NOW = 1_800_000_000.0
+ANN = RoomMember("ann", "hash-ann")
+BOB = RoomMember("bob", "hash-bob")
+CAT = RoomMember("cat", "hash-cat")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def secantus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SecantusServer]:
+    async with SecantusServer(tmp_path_factory.mktemp("secantus-rooms")) as server:
+        yield server
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", marks=pytest.mark.unit),
+        pytest.param("mongo", marks=pytest.mark.integration),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "memory":
+        yield "memory"
+    else:
+        server: SecantusServer = request.getfixturevalue("secantus")
+        yield str(server.url)
+
+
+@pytest.fixture
+def db_name() -> str:
+    return f"rooms_{uuid.uuid4().hex[:16]}"
+
+
+def make(backend: str, db_name: str) -> RoomStore:
+    return InMemoryRoomStore() if backend == "memory" else MongoRoomStore(backend, db_name)
+
+
+@pytest_asyncio.fixture
+async def store(backend: str, db_name: str) -> AsyncIterator[RoomStore]:
+    chosen = make(backend, db_name)
+    await chosen.open()
+    try:
+        yield chosen
+    finally:
+        await chosen.close()
+
+
+def held(
+    key: str, session_hash: str, expires: float, username: str | None = None
+) -> NameReservation:
+    return NameReservation(key, username or key, session_hash, expires)
+
+
+# --- private rooms ---------------------------------------------------------------------------
+
+
+async def test_the_first_pair_keeps_a_private_room(store: RoomStore) -> None:
+    assert await store.get_private("dm") is None
+    made = await store.make_private("dm", (ANN, BOB))
+    assert made.members == (ANN, BOB)
+    other = await store.make_private("dm", (ANN, CAT))
+    assert other.members == (ANN, BOB)  # the existing pair, so the caller can refuse
+    assert await store.get_private("dm") == made
+
+
+# --- name reservations -----------------------------------------------------------------------
+
+
+async def test_a_reservation_holds_until_it_expires(store: RoomStore) -> None:
+    assert await store.get_reservation("alice", NOW) is None
+    await store.reserve_name(held("alice", "h1", NOW + 600, "Alice"))
+    found = await store.get_reservation("alice", NOW + 599.5)
+    assert found == held("alice", "h1", NOW + 600, "Alice")
+    assert found is not None and found.holds(NOW + 599.5) and not found.holds(NOW + 600)
+    assert await store.get_reservation("alice", NOW + 600) is None
+    assert await store.get_reservation("alicia", NOW) is None
+
+
+async def test_reserving_a_key_again_replaces_it(store: RoomStore) -> None:
+    await store.reserve_name(held("alice", "h1", NOW + 600))
+    await store.reserve_name(held("alice", "h2", NOW + 60))
+    assert await store.get_reservation("alice", NOW) == held("alice", "h2", NOW + 60)
+    assert await store.get_reservation("alice", NOW + 100) is None  # the shorter one counts
+
+
+async def test_purge_forgets_only_ended_reservations(store: RoomStore) -> None:
+    await store.reserve_name(held("ann", "h1", NOW - 1))
+    await store.reserve_name(held("bob", "h2", NOW))
+    await store.reserve_name(held("cat", "h3", NOW + 1))
+    assert await store.purge_reservations(NOW) == 2
+    assert await store.purge_reservations(NOW) == 0
+    assert await store.get_reservation("cat", NOW) == held("cat", "h3", NOW + 1)
+    # an ended reservation is gone for good, whatever clock asks later
+    assert await store.get_reservation("ann", NOW - 10) is None
+
+
+@pytest.mark.integration
+async def test_reservations_outlive_the_store_client(
+    secantus: SecantusServer, db_name: str
+) -> None:
+    """A presence restart (or another replica taking over) opens the store anew."""
+    first = MongoRoomStore(str(secantus.url), db_name)
+    await first.open()
+    await first.reserve_name(held("alice", "h1", NOW + 600, "Alice"))
+    await first.close()
+    second = MongoRoomStore(str(secantus.url), db_name)
+    await second.open()
+    try:
+        assert await second.get_reservation("alice", NOW) == held("alice", "h1", NOW + 600, "Alice")
+    finally:
+        await second.close()
+
+
+async def test_keys_of_every_script_and_size(store: RoomStore) -> None:
+    key = "\U00020000" * 16  # the longest username: 64 bytes of 4-byte letters
+    await store.reserve_name(held(key, "h1", NOW + 10))
+    assert await store.get_reservation(key, NOW) == held(key, "h1", NOW + 10)
