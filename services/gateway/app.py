@@ -13,6 +13,7 @@ from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.ops import Check, add_ops_routes
 
 from .api import api
+from .docs import add_docs_route
 from .gateway import ChatGateway
 from .protocol import ProtocolError
 from .websocket import WebSocketEndpoint
@@ -22,13 +23,7 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-# /docs is ReDoc, which quart-schema loads from a CDN.
-DOCS_CSP = (
-    "default-src 'self'; script-src 'self' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; img-src 'self' data: https://cdn.redoc.ly; "
-    "worker-src blob:; connect-src 'self'; frame-ancestors 'none'"
-)
+TITLE = "roomcast gateway"
 _STATUS = {"invalid": 400, "room_private": 403, "unavailable": 503, "internal": 500}
 
 
@@ -38,12 +33,14 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
     app.extensions["roomcast.gateway"] = gateway
     QuartSchema(
         app,
-        info={"title": "roomcast gateway", "version": "1"},
+        info={"title": TITLE, "version": "1"},
         openapi_path="/openapi.json",
+        # quart-schema's pages load their scripts from CDNs: /docs is ours (docs.py)
         swagger_ui_path=None,
-        redoc_ui_path="/docs",
+        redoc_ui_path=None,
         scalar_ui_path=None,
     )
+    add_docs_route(app, TITLE)
     app.register_blueprint(api)
 
     async def gateway_ready() -> bool:
@@ -53,8 +50,8 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
 
     @app.after_request
     async def security_headers(response: Response) -> Response:
-        policy = DOCS_CSP if request.path == "/docs" else CSP
-        response.headers.setdefault("Content-Security-Policy", policy)
+        # /docs sets its own (docs.py): it carries a nonce per response
+        response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         if request.path.startswith("/static/"):
