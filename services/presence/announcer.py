@@ -1,9 +1,20 @@
-"""Presence's announcements, published in the order the state changed, off the request lock.
+"""Presence's room events (PROTOCOL.md 2.1): `userJoin` when a user goes from absent to present
+in a room, `userLeave` when present to absent; never `activeUsers` (a joiner's snapshot is the
+join reply, which the gateway sends it right after `msgHistory`).
 
-Requests change the state one at a time, and each queues what its change means here before the
-next one runs; one task publishes the queue in order. An `activeUsers` is computed when it is
-sent, so a room whose list changed several times while it waited is announced once, with its
-newest list: a join storm costs one list per room per flush instead of one per join.
+Changes are coalesced per room in batches: a batch stays open for one tick, and at the end
+each (room, user) in it that changed sends one event, or none when it flipped back (a user who
+leaves and rejoins within a tick produces nothing). Batches are published one after another,
+so each room's events keep their order.
+
+A join closes the open batch at once (a barrier) and its reply waits until that batch is
+published: the joiner's snapshot then reflects exactly what was announced before it, and every
+later change reaches its gateway (which bound the room before asking) after the snapshot.
+Without the barrier, a leave before the snapshot and a rejoin after it would cancel out and
+the joiner would never learn of the rejoin.
+
+Publishing is best effort: an event that cannot be published is logged and dropped (the
+gateways' heartbeats keep presence right; a client recovers its list by joining again).
 """
 
 from __future__ import annotations
@@ -12,9 +23,10 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
+from prometheus_client import Counter
 
 from roomcast.shared import topics
 from roomcast.shared.bus import Bus
@@ -24,74 +36,135 @@ from .state import Changes
 
 log = structlog.get_logger(__name__)
 
+EVENTS = Counter(
+    "roomcast_presence_events_total",
+    "Presence room events, by event and outcome (published, coalesced, dropped)",
+    ["event", "outcome"],
+)
+
+TICK_SECONDS = 0.01
+
 
 @dataclass(slots=True)
-class _Event:
-    room: str
-    event: str
-    data: object  # None for activeUsers: computed when sent
-    origin: str
-    done: asyncio.Future[None] | None = None
+class _Net:
+    """One user's presence in one room across a batch."""
+
+    before: bool  # present when the batch began
+    after: bool
+    origin: str  # the connection of the last join (skips its own userJoin)
+
+
+@dataclass(slots=True)
+class _Batch:
+    rooms: dict[str, dict[str, _Net]] = field(default_factory=dict)  # in first-change order
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Announcer:
-    def __init__(self, bus: Bus, users: Callable[[str], list[str]]) -> None:
+    def __init__(self, bus: Bus, tick: float = TICK_SECONDS) -> None:
         self._bus = bus
-        self._users = users
-        self._queue: deque[_Event] = deque()
-        self._lists_queued: set[str] = set()
+        self._tick = tick
+        self._open: _Batch | None = None
+        self._queue: deque[_Batch] = deque()  # closed, not yet published
+        self._last: _Batch | None = None  # the most recently closed batch
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self.on_round: Callable[[], None] = lambda: None  # a batch went out (supervision)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="presence-announcer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def announce(self, changes: Changes) -> asyncio.Future[None] | None:
-        """Queue what a change means: per room, `userLeave`s, then `activeUsers`, then `userJoin`
-        (which the joiner's own connection skips). The future resolves once all of it is sent."""
-        events = [
-            _Event(room, "userLeave", {"username": u, "room": room}, "") for room, u in changes.left
-        ]
-        for room in sorted(changes.rooms):
-            if room not in self._lists_queued:
-                self._lists_queued.add(room)
-                events.append(_Event(room, "activeUsers", None, ""))
-        events += [
-            _Event(room, "userJoin", {"username": u, "room": room}, conn)
-            for room, u, conn in changes.joined
-        ]
-        if not events:
+    def announce(self, changes: Changes, *, barrier: bool = False) -> asyncio.Future[None] | None:
+        """Queue the changes; with `barrier`, close the batch and return a future that resolves
+        once everything announced so far is published (None when that is already so)."""
+        for change in changes.presence:
+            self._note(change.room, change.username, change.present, change.conn)
+        if not barrier:
             return None
-        events[-1].done = asyncio.get_running_loop().create_future()
-        self._queue.extend(events)
-        self._wake.set()
-        return events[-1].done
+        self._close()
+        last = self._last
+        return last.done if last is not None and not last.done.done() else None
 
-    async def _run(self) -> None:
+    def pending(self) -> int:
+        """Batches not yet published (the open one included)."""
+        return len(self._queue) + (self._open is not None)
+
+    async def run(self) -> None:
+        """Publish batches in order, for ever; supervised (a death is restarted, and the
+        batches it had not published are published by the next run)."""
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                item = self._queue.popleft()
-                try:
-                    await self._send(item)
-                except Exception as exc:  # the events are ephemeral: heartbeats re-announce
-                    log.warning("presence event not published", event=item.event, error=str(exc))
-                finally:
-                    if item.done is not None and not item.done.done():
-                        item.done.set_result(None)
+            if not self._queue:
+                waiting = self._open
+                if waiting is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                self._closed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), self._tick)
+                if self._open is waiting:
+                    self._close()
+                continue
+            batch = self._queue[0]
+            try:
+                await self._publish(batch)
+            finally:
+                if self._queue and self._queue[0] is batch:
+                    self._queue.popleft()
+                if not batch.done.done():
+                    batch.done.set_result(None)
+            self.on_round()
 
-    async def _send(self, item: _Event) -> None:
-        data = item.data
-        if item.event == "activeUsers":
-            self._lists_queued.discard(item.room)
-            data = self._users(item.room)
-        frame = encode_event(item.event, data, room=item.room).encode()
-        headers = {"origin": item.origin} if item.origin else {}
-        await self._bus.publish(topics.room_event(item.room, item.event), frame, headers=headers)
+    def fail_pending(self) -> None:
+        """Release every waiter (the service is stopping): replies must not hang."""
+        self._close()
+        for batch in self._queue:
+            if not batch.done.done():
+                batch.done.set_result(None)
+        self._queue.clear()
+
+    # internals ---------------------------------------------------------------------------
+    def _note(self, room: str, username: str, present: bool, origin: str) -> None:
+        if self._open is None:
+            self._open = _Batch()
+            self._wake.set()
+        users = self._open.rooms.setdefault(room, {})
+        net = users.get(username)
+        if net is None:
+            users[username] = _Net(before=not present, after=present, origin=origin)
+            return
+        net.after = present
+        if present:
+            net.origin = origin
+
+    def _close(self) -> None:
+        batch, self._open = self._open, None
+        if batch is None:
+            return
+        self._queue.append(batch)
+        self._last = batch
+        self._closed.set()
+        self._wake.set()
+
+    async def _publish(self, batch: _Batch) -> None:
+        for room, users in batch.rooms.items():
+            for username, net in users.items():
+                event = "userJoin" if net.after else "userLeave"
+                if net.before == net.after:
+                    EVENTS.labels(event, "coalesced").inc()
+                    continue
+                frame = encode_event(event, {"username": username, "room": room}, room=room)
+                headers = {topics.Header.ORIGIN: net.origin} if net.after and net.origin else {}
+                try:
+                    await self._bus.publish(
+                        topics.room_event(room, event), frame.encode(), headers=headers
+                    )
+                except Exception as exc:  # ephemeral: one lost event must not stop the others
+                    EVENTS.labels(event, "dropped").inc()
+                    log.warning(
+                        "presence event not published",
+                        presence_event=event,
+                        room=room,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                else:
+                    EVENTS.labels(event, "published").inc()

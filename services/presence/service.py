@@ -1,10 +1,16 @@
-"""The presence service: membership, `activeUsers`/`userJoin`/`userLeave`, invitations and
-private rooms.
+"""The presence service: membership, `userJoin`/`userLeave`, invitations, private rooms and
+names kept for their owners.
 
 It consumes one single-active-consumer queue: one replica works, the others stand by and take
 over with an empty state that the gateways' heartbeats (each a full roster) rebuild within one
 heartbeat period. Requests are handled one at a time, in queue order, so the state needs no
-locks beyond one. Private rooms live in the room store, so they outlive every process.
+locks beyond one. Private rooms and name reservations live in the room store, so they outlive
+every process; the caches of both are bounded LRUs, dropped when deliveries paused longer than
+a gateway's expiry (another replica may have been active meanwhile).
+
+Its background tasks (the announcer, the reservation writer, the reaper) are supervised: one
+that dies is logged, counted in `roomcast_background_task_restarts_total{task}` and restarted;
+`ready()` is False while one is down or keeps failing.
 """
 
 from __future__ import annotations
@@ -23,16 +29,23 @@ from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
 from roomcast.shared.config import Settings
 from roomcast.shared.frames import encode_event
 from roomcast.shared.models import MAIN_ROOM
+from roomcast.shared.names import username_key
 from roomcast.shared.store.base import PrivateRoom, RoomMember, RoomStore, StoreUnavailableError
+from roomcast.shared.tasks import Supervised
 
 from .announcer import Announcer
-from .state import PresenceState
+from .cache import LRU
+from .reservations import NameReservations
+from .state import Changes, PresenceState
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 OPS = Counter("roomcast_presence_ops_total", "Presence requests handled", ["op", "outcome"])
 USERS = Gauge("roomcast_presence_connections", "Connections presence knows of")
+
+PRIVATE_CACHE_CAP = 10_000
+PURGE_EVERY = 60.0  # seconds between purges of ended name reservations
 
 
 class PresenceService:
@@ -42,18 +55,37 @@ class PresenceService:
         rooms: RoomStore,
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        *,
+        restart_delay: float = 0.1,
+        give_up_after: int = 10,
     ) -> None:
+        """`restart_delay` and `give_up_after` tune the supervision of the background tasks:
+        the first pause before a restart, and the failures in a row that make presence
+        unready."""
         self._bus = bus
         self._rooms = rooms
         self._settings = settings
         self._clock = clock
         self.state = PresenceState()
-        self._private: dict[str, PrivateRoom | None] = {}
+        self._private: LRU[str, PrivateRoom] = LRU(PRIVATE_CACHE_CAP)
         self._lock = asyncio.Lock()
-        self._announcer = Announcer(bus, self.state.users)
+        self.announcer = Announcer(bus)
+        self.names = NameReservations(rooms, settings.name_grace_seconds, wall)
         self._announced: asyncio.Future[None] | None = None
+        self._last_delivery: float | None = None
         self._consumer: Consumer | None = None
-        self._reaper: asyncio.Task[None] | None = None
+
+        def supervised(name: str, run: Callable[[], Awaitable[None]]) -> Supervised:
+            return Supervised(name, run, first_delay=restart_delay, give_up_after=give_up_after)
+
+        self._tasks = [
+            supervised("presence-announcer", self.announcer.run),
+            supervised("presence-names", self.names.run),
+            supervised("presence-reaper", self._reap),
+        ]
+        self.announcer.on_round = self._tasks[0].ran_well
+        self.names.on_round = self._tasks[1].ran_well
         self._handlers = {
             "join": self._join,
             "leave": self._leave,
@@ -65,6 +97,8 @@ class PresenceService:
         }
 
     async def start(self) -> None:
+        for task in self._tasks:
+            task.start()
         self._consumer = await self._bus.consume(
             topics.presence_queue(self._settings.exchange),
             topics.PRESENCE_PATTERNS,
@@ -72,23 +106,32 @@ class PresenceService:
             prefetch=64,
             single_active=True,
         )
-        self._announcer.start()
-        self._reaper = asyncio.create_task(self._reap(), name="presence-reaper")
 
     async def stop(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
         if self._consumer is not None:
             await self._consumer.close()
-        await self._announcer.stop()
+        for task in reversed(self._tasks):
+            await task.stop()
+        self.announcer.fail_pending()
+
+    def ready(self) -> bool:
+        """For /readyz: every background task is running and not failing over and over."""
+        return all(task.healthy for task in self._tasks)
+
+    async def ready_check(self) -> bool:
+        return self.ready()
 
     async def _handle(self, message: Message) -> None:
         op = message.routing_key.rpartition(".")[2]
         handler = self._handlers.get(op)
         if handler is None:
             raise RejectMessage(f"unknown presence op {op!r}")
+        now = self._clock()
+        if self._last_delivery is not None and now - self._last_delivery > (
+            self._settings.gateway_expiry
+        ):
+            self._forget_caches()
+        self._last_delivery = now
         async with self._lock:
             self._announced = None
             try:
@@ -101,9 +144,13 @@ class PresenceService:
             USERS.set(len(self.state.conns))
             announced = self._announced
         if announced is not None:
-            # a joiner's gateway must have its room's events before the reply: they are then
-            # held and released right after its msgHistory, as the protocol orders them
-            await announced
+            # a joiner's snapshot must follow every event announced before it (announcer.py);
+            # a dead announcer must not hang the reply, though
+            try:
+                async with asyncio.timeout(self._settings.request_timeout):
+                    await asyncio.shield(announced)
+            except TimeoutError:
+                log.warning("presence events late; join answered without waiting", op=op)
         if reply is not None:
             await self._bus.reply(message, reply)
 
@@ -112,28 +159,37 @@ class PresenceService:
         req = rpc.decode(rpc.JoinRequest, message)
         now = self._clock()
         self.state.touch(req.gateway, now)
-        holders = self.state.session_hashes(req.username, except_conn=req.conn)
+        key = username_key(req.username)
+        holders = {c.session_hash for c in self.state.holders(key, except_conn=req.conn)}
         if holders and holders != {req.session_hash}:
             raise rpc.RemoteError(
                 "username_taken", f"username {req.username!r} is in use by someone else"
             )
+        if not holders and req.conn not in self.state.conns:
+            reserved = await self.names.holder(key)
+            if reserved is not None and reserved.session_hash != req.session_hash:
+                raise rpc.RemoteError(
+                    "username_taken",
+                    f"username {req.username!r} is kept for the user who had it until they "
+                    "come back (or for a few minutes)",
+                )
         private = await self._private_room(req.room)
         if private is not None and not private.admits(req.username, req.session_hash):
             raise rpc.RemoteError("room_private", f"room {req.room!r} is private")
         changes = self.state.join(
             req.gateway, req.conn, req.username, req.session_hash, req.room, now
         )
-        self._announced = self._announcer.announce(changes)
+        self._announced = self._apply(changes, barrier=True)
         return rpc.result({"users": self.state.users(req.room), "private": private is not None})
 
     async def _leave(self, message: Message) -> bytes:
         req = rpc.decode(rpc.LeaveRequest, message)
-        self._announced = self._announcer.announce(self.state.leave(req.conn, req.room))
+        self._apply(self.state.leave(req.conn, req.room))
         return rpc.result()
 
     async def _disconnect(self, message: Message) -> bytes:
         req = rpc.decode(rpc.DisconnectRequest, message)
-        self._announced = self._announcer.announce(self.state.disconnect(req.conn))
+        self._apply(self.state.disconnect(req.conn))
         return rpc.result()
 
     async def _invite(self, message: Message) -> bytes:
@@ -146,14 +202,16 @@ class PresenceService:
         if not self.state.in_room(req.conn, room):
             raise rpc.RemoteError("not_joined", f"join room {room!r} before inviting to it")
         private = await self._private_room(room)
+        online = self.state.holders(username_key(invitee))
+        if not online:
+            raise rpc.RemoteError("user_offline", f"{invitee!r} is not online")
+        invitee = online[0].username  # as that user spells it (their sockets are bound so)
+        invitee_sessions = {c.session_hash for c in online}
         pair = {inviter, invitee}
         if private is not None and (
             private.usernames() != pair or not private.admits(inviter, req.session_hash)
         ):
             raise rpc.RemoteError("room_private", f"room {room!r} is private to another pair")
-        invitee_sessions = self.state.session_hashes(invitee)
-        if not invitee_sessions:
-            raise rpc.RemoteError("user_offline", f"{invitee!r} is not online")
         if private is None:
             if self.state.others_in(room, inviter, invitee):
                 raise rpc.RemoteError("room_exists", f"room {room!r} already has other members")
@@ -162,7 +220,7 @@ class PresenceService:
                 RoomMember(invitee, sorted(invitee_sessions)[0]),
             )
             stored = await self._store(self._rooms.make_private(room, members))
-            self._private[room] = stored
+            self._private.put(room, stored)
             if stored.members != members and stored.usernames() != pair:
                 raise rpc.RemoteError("room_private", f"room {room!r} is private to another pair")
         invitation = {
@@ -188,21 +246,36 @@ class PresenceService:
     async def _heartbeat(self, message: Message) -> None:
         beat = rpc.decode(rpc.Heartbeat, message)
         grace = self._settings.heartbeat_interval
-        self._announced = self._announcer.announce(self.state.reconcile(beat, self._clock(), grace))
+        self._apply(self.state.reconcile(beat, self._clock(), grace))
 
     async def _gone(self, message: Message) -> None:
         req = rpc.decode(rpc.GatewayGone, message)
-        self._announced = self._announcer.announce(self.state.drop_gateway(req.gateway))
+        self._apply(self.state.drop_gateway(req.gateway))
 
     # helpers -------------------------------------------------------------------------------
+    def _apply(self, changes: Changes, *, barrier: bool = False) -> asyncio.Future[None] | None:
+        """Tell the rooms, and keep the names whose last connection went for their owners."""
+        for released in changes.released:
+            self.names.reserve(released.key, released.username, released.session_hash)
+        return self.announcer.announce(changes, barrier=barrier)
+
     async def _private_room(self, room: str) -> PrivateRoom | None:
         """Private rooms never become public again, and only the active replica makes them, so
-        what it has read stays true while it is active."""
+        what it has read stays true while it is active; public answers are not cached (a room
+        may become private later)."""
         if room == MAIN_ROOM:
             return None
-        if room not in self._private or self._private[room] is None:
-            self._private[room] = await self._store(self._rooms.get_private(room))
-        return self._private[room]
+        cached = self._private.get(room)
+        if cached is not None:
+            return cached
+        found = await self._store(self._rooms.get_private(room))
+        if found is not None:
+            self._private.put(room, found)
+        return found
+
+    def _forget_caches(self) -> None:
+        self._private.clear()
+        self.names.forget_cache()
 
     async def _store(self, op: Awaitable[T]) -> T:
         try:
@@ -211,11 +284,18 @@ class PresenceService:
             raise rpc.RemoteError("unavailable", "the room store is unavailable") from exc
 
     async def _reap(self) -> None:
-        """Forget gateways that stopped sending heartbeats (killed without a word)."""
+        """Forget gateways that stopped sending heartbeats (killed without a word), and purge
+        ended name reservations from the store now and then."""
         period = self._settings.heartbeat_interval / 2
+        purged_at = self._clock()
         while True:
             await asyncio.sleep(period)
             async with self._lock:
                 for gateway in self.state.expired(self._clock(), self._settings.gateway_expiry):
                     log.warning("gateway silent; forgetting its connections", gateway=gateway)
-                    self._announcer.announce(self.state.drop_gateway(gateway))
+                    self._apply(self.state.drop_gateway(gateway))
+            if self._clock() - purged_at >= PURGE_EVERY:
+                purged_at = self._clock()
+                with contextlib.suppress(StoreUnavailableError):
+                    await self.names.purge()
+            self._tasks[2].ran_well()

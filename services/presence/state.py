@@ -1,15 +1,21 @@
 """Who is connected, through which gateway, in which rooms: presence's state, with no I/O.
 
-Every change returns what the rest of the system must be told (rooms whose user list changed,
-users who left a room), so the service publishes exactly those events. The state can be rebuilt
-from gateway heartbeats alone: each carries the gateway's full roster.
+Every change returns what the rest of the system must be told (PROTOCOL.md 2.1): a user who
+went from absent to present in a room (their first connection there), or from present to
+absent (their last one gone), in the order it happened; and the names whose last connection
+went, to be reserved for their session (2.2). The state can be rebuilt from gateway heartbeats
+alone: each carries the gateway's full roster.
+
+Names are compared by `username_key` (case-folded TR39 skeleton): `holders` answers "who holds
+this name" through an index, not a scan of every connection.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from roomcast.shared.names import username_key
 from roomcast.shared.rpc import Heartbeat
 
 
@@ -19,43 +25,68 @@ class Conn:
     gateway: str
     username: str
     session_hash: str
+    key: str  # username_key(username)
     rooms: dict[str, float] = field(default_factory=dict)  # room -> when presence added it
     seen: float = 0.0
 
 
+class Change(NamedTuple):
+    """A user's presence in a room flipped: `present` True is a `userJoin`, False a
+    `userLeave`; `conn` made it (its own socket does not get its own `userJoin`)."""
+
+    room: str
+    username: str
+    present: bool
+    conn: str = ""
+
+
+class Released(NamedTuple):
+    """A name whose last connection went: kept for `session_hash` for the grace period."""
+
+    key: str
+    username: str
+    session_hash: str
+
+
 @dataclass(slots=True)
 class Changes:
-    """What a state change means for clients."""
+    """What a state change means for clients, in the order it happened."""
 
-    joined: list[tuple[str, str, str]] = field(default_factory=list)  # (room, username, conn)
-    left: list[tuple[str, str]] = field(default_factory=list)  # (room, username)
-    rooms: set[str] = field(default_factory=set)  # rooms whose activeUsers changed
+    presence: list[Change] = field(default_factory=list)
+    released: list[Released] = field(default_factory=list)
 
     def merge(self, other: Changes) -> None:
-        self.joined += other.joined
-        self.left += other.left
-        self.rooms |= other.rooms
+        self.presence += other.presence
+        self.released += other.released
+
+    @property
+    def joined(self) -> list[tuple[str, str]]:
+        return [(c.room, c.username) for c in self.presence if c.present]
+
+    @property
+    def left(self) -> list[tuple[str, str]]:
+        return [(c.room, c.username) for c in self.presence if not c.present]
 
 
 class PresenceState:
     def __init__(self) -> None:
         self.conns: dict[str, Conn] = {}
-        self._room_users: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self._room_users: dict[str, dict[str, set[str]]] = {}  # room -> username -> conns
+        self._by_key: dict[str, set[str]] = {}  # username_key -> conns
         self.gateways: dict[str, float] = {}
 
     # queries -----------------------------------------------------------------------------
     def users(self, room: str) -> list[str]:
         return sorted(self._room_users.get(room, {}))
 
-    def is_online(self, username: str) -> bool:
-        return any(c.username == username for c in self.conns.values())
+    def holders(self, key: str, *, except_conn: str | None = None) -> list[Conn]:
+        """The live connections whose username has this key."""
+        return [self.conns[c] for c in self._by_key.get(key, ()) if c != except_conn]
 
     def session_hashes(self, username: str, *, except_conn: str | None = None) -> set[str]:
-        """Sessions of the live connections that hold `username`."""
+        """Sessions of the live connections that hold `username` or a look-alike of it."""
         return {
-            c.session_hash
-            for c in self.conns.values()
-            if c.username == username and c.conn != except_conn
+            c.session_hash for c in self.holders(username_key(username), except_conn=except_conn)
         }
 
     def others_in(self, room: str, *usernames: str) -> set[str]:
@@ -74,26 +105,28 @@ class PresenceState:
     ) -> Changes:
         c = self.conns.get(conn)
         if c is None:
-            c = self.conns[conn] = Conn(conn, gateway, username, session_hash, seen=now)
-        changes = Changes(rooms={room})
-        c.rooms.setdefault(room, now)
-        members = self._room_users[room][username]
-        members.add(conn)
-        changes.joined.append((room, username, conn))
+            c = self._add(Conn(conn, gateway, username, session_hash, username_key(username)), now)
+        changes = Changes()
+        if room not in c.rooms:
+            c.rooms[room] = now
+            self._enter(c, room, changes)
         return changes
 
     def leave(self, conn: str, room: str) -> Changes:
         c = self.conns.get(conn)
-        if c is None or c.rooms.pop(room, None) is None:
-            return Changes()
-        return self._forget(c, room)
+        changes = Changes()
+        if c is not None and c.rooms.pop(room, None) is not None:
+            self._forget(c, room, changes)
+        return changes
 
     def disconnect(self, conn: str) -> Changes:
-        c = self.conns.pop(conn, None)
         changes = Changes()
+        c = self.conns.get(conn)
         if c is not None:
             for room in list(c.rooms):
-                changes.merge(self._forget(c, room))
+                del c.rooms[room]
+                self._forget(c, room, changes)
+            self._remove(c, changes)
         return changes
 
     def drop_gateway(self, gateway: str) -> Changes:
@@ -121,34 +154,52 @@ class PresenceState:
             for room, added in list(c.rooms.items()):
                 if room not in wanted and now - added > grace:
                     del c.rooms[room]
-                    changes.merge(self._forget(c, room))
+                    self._forget(c, room, changes)
             if entry is None and not c.rooms and now - c.seen > grace:
-                del self.conns[c.conn]
+                self._remove(c, changes)
         for entry in beat.connections:
             known = self.conns.get(entry.conn)
             if known is None:
-                known = self.conns[entry.conn] = Conn(
-                    entry.conn, beat.gateway, entry.username, entry.session_hash, seen=now
+                key = username_key(entry.username)
+                known = self._add(
+                    Conn(entry.conn, beat.gateway, entry.username, entry.session_hash, key), now
                 )
             for room in entry.rooms:
                 if room not in known.rooms:
                     known.rooms[room] = now
-                    self._room_users[room][known.username].add(known.conn)
-                    changes.rooms.add(room)
+                    self._enter(known, room, changes)
         return changes
 
-    def _forget(self, c: Conn, room: str) -> Changes:
+    # internals ---------------------------------------------------------------------------
+    def _add(self, c: Conn, now: float) -> Conn:
+        c.seen = now
+        self.conns[c.conn] = c
+        self._by_key.setdefault(c.key, set()).add(c.conn)
+        return c
+
+    def _remove(self, c: Conn, changes: Changes) -> None:
+        del self.conns[c.conn]
+        holders = self._by_key.get(c.key)
+        if holders is not None:
+            holders.discard(c.conn)
+            if not holders:
+                del self._by_key[c.key]
+                changes.released.append(Released(c.key, c.username, c.session_hash))
+
+    def _enter(self, c: Conn, room: str, changes: Changes) -> None:
+        members = self._room_users.setdefault(room, {}).setdefault(c.username, set())
+        if not members:
+            changes.presence.append(Change(room, c.username, True, c.conn))
+        members.add(c.conn)
+
+    def _forget(self, c: Conn, room: str, changes: Changes) -> None:
         users = self._room_users.get(room)
-        if users is None:
-            return Changes()
-        conns = users.get(c.username)
-        if conns is None:
-            return Changes()
+        conns = users.get(c.username) if users is not None else None
+        if users is None or conns is None:
+            return
         conns.discard(c.conn)
-        changes = Changes(rooms={room})
         if not conns:
             del users[c.username]
-            changes.left.append((room, c.username))
+            changes.presence.append(Change(room, c.username, False))
         if not users:
             del self._room_users[room]
-        return changes

@@ -85,6 +85,7 @@ async def test_room_private_to_another_pair_is_refused(connect):
     assert err.value.code == "room_private"
 
 
+@pytest.mark.settings(name_grace_seconds=0)  # 2.2 keeps the name itself for a while: not here
 async def test_impersonator_of_an_offline_member_is_refused(connect):
     alice, bob = await _pair(connect)
     await alice.request("newRoom", {"username2": "bob", "room": "dm1"})
