@@ -31,7 +31,7 @@ from roomcast.gateway.pings import enable_pings
 from roomcast.history.service import HistoryService
 from roomcast.presence.service import PresenceService
 from roomcast.shared.bus import Bus, InMemoryBus
-from roomcast.shared.config import ConfigError, Settings
+from roomcast.shared.config import ConfigError, Settings, read_secret
 from roomcast.shared.ops import add_ops_routes
 from roomcast.shared.sessions import SessionSigner
 from roomcast.shared.store.base import MessageStore, RoomStore
@@ -102,18 +102,20 @@ async def _serve(
 
 
 def _gateway_secret(settings: Settings) -> bytes:
-    if settings.secret is None:
+    secret = read_secret(settings)
+    if secret is None:
         raise ConfigError(
             "ROOMCAST_SECRET: is required for gateways (the same value on every gateway, "
-            "at least 16 characters)"
+            "at least 16 characters), or ROOMCAST_SECRET_FILE: a file that holds it"
         )
-    return settings.secret.get_secret_value().encode()
+    return secret.get_secret_value().encode()
 
 
 def _dev_secret(settings: Settings, data_dir: Path) -> bytes:
     """Sessions must survive a restart of `roomcast dev`: keep a secret in the data dir."""
-    if settings.secret is not None:
-        return settings.secret.get_secret_value().encode()
+    secret = read_secret(settings)
+    if secret is not None:
+        return secret.get_secret_value().encode()
     path = data_dir / "secret"
     if not path.exists():
         path.write_text(secrets.token_urlsafe(32))

@@ -7,10 +7,11 @@ A bad value stops a process at start with one line that names the variable and w
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ROOMCAST_"
@@ -74,6 +75,8 @@ class Settings(Limits):
     mongo_db: str = Field("roomcast", pattern=r"^[A-Za-z0-9_-]{1,63}$")
     exchange: str = Field("roomcast", pattern=r"^[A-Za-z0-9_.:-]{1,127}$")
     secret: SecretStr | None = None
+    # or a file that holds it (docker compose generates one into a volume): read_secret()
+    secret_file: Path | None = None
 
     request_timeout: float = Field(5.0, gt=0, le=120)
     publish_timeout: float = Field(10.0, gt=0, le=120)
@@ -122,6 +125,14 @@ class Settings(Limits):
             raise ValueError("must be at least 16 characters")
         return value
 
+    @model_validator(mode="after")
+    def _one_secret(self) -> Settings:
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError(
+                f"{ENV_PREFIX}SECRET and {ENV_PREFIX}SECRET_FILE are both set: keep one"
+            )
+        return self
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:
@@ -158,14 +169,37 @@ class Settings(Limits):
         return self.heartbeat_interval * self.heartbeat_misses
 
 
+def read_secret(settings: Settings) -> SecretStr | None:
+    """`ROOMCAST_SECRET`, or what `ROOMCAST_SECRET_FILE` holds (white space around it dropped),
+    or None when neither is set. Read when a process needs it, not when settings load, so
+    a service without sessions never depends on the file."""
+    if settings.secret_file is None:
+        return settings.secret
+    name = f"{ENV_PREFIX}SECRET_FILE"
+    try:
+        text = settings.secret_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: {settings.secret_file} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{name}: {settings.secret_file} cannot be read ({reason})") from None
+    if len(text) < 16:
+        raise ConfigError(
+            f"{name}: {settings.secret_file} holds {len(text)} characters; at least 16 needed"
+        )
+    return SecretStr(text)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment (and explicit overrides) or raise a one-line `ConfigError`."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
+        message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across settings: its message names them
+            raise ConfigError(message) from None
+        field = str(first["loc"][0])
         value = first.get("input")
         shown = "" if "secret" in field or "url" in field else f" (got {value!r})"
-        message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}{shown}") from None

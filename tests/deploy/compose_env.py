@@ -5,7 +5,9 @@ instead of containers: the same commands (what compose passes after the image's 
 entrypoint) and the same environment, with the compose network's hostnames (`rabbitmq`,
 `mongodb`, ...) pointed at 127.0.0.1 and their ports replaced by the ones the test's own servers
 listen on. Reading the file, rather than restating it, keeps that test honest about the stack
-users actually run.
+users actually run. Named volumes can be given local directories: a path under a volume's mount
+point, in a command or the environment, then names the same file in that directory. One-shot
+services of the image with an entrypoint of their own (the secret generator) are `ComposeJob`s.
 
 Interpolation follows Compose: `$$`, `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
 `${VAR:?error}`, `${VAR?error}`, `${VAR:+alt}` and `${VAR+alt}`, against the mapping given (not
@@ -46,6 +48,8 @@ class ComposeService:
     environment: Mapping[str, str] = field(default_factory=dict)
     #: How many containers compose starts (`deploy.replicas`, default 1).
     replicas: int = 1
+    #: Mount point in the container -> named volume, for each named volume it mounts.
+    volumes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def role(self) -> str:
@@ -66,6 +70,17 @@ class ComposeService:
         return args
 
 
+@dataclass(frozen=True)
+class ComposeJob:
+    """A one-shot service of the roomcast image that runs its own entrypoint, not `roomcast`."""
+
+    name: str
+    #: entrypoint + command, with paths under the given volumes mapped to local directories.
+    argv: tuple[str, ...]
+    environment: Mapping[str, str] = field(default_factory=dict)
+    volumes: Mapping[str, str] = field(default_factory=dict)
+
+
 def load_compose(path: Path = COMPOSE_FILE, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The compose file as data, every string interpolated against `env` (default: empty)."""
     with path.open(encoding="utf-8") as handle:
@@ -83,13 +98,15 @@ def roomcast_services(
     ports: Mapping[str, int] | None = None,
     env: Mapping[str, str] | None = None,
     host: str | None = "127.0.0.1",
+    volumes: Mapping[str, Path] | None = None,
 ) -> dict[str, ComposeService]:
-    """Every service that runs the roomcast image, by compose service name.
+    """Every service that runs `roomcast <role>` from the roomcast image, by service name.
 
     `ports` maps a compose hostname (`rabbitmq`, `mongodb`, ...) to the local port that stands in
     for it; a URL in the environment whose host is a compose service gets `host` and that port
     (its own port when the hostname is not in `ports`). `host=None` leaves the environment as
-    compose gives it. `env` feeds `${...}` interpolation.
+    compose gives it. `env` feeds `${...}` interpolation. `volumes` maps named volumes to local
+    directories: an environment value under one's mount point is rewritten to that directory.
     """
     data = load_compose(path, env)
     services: dict[str, Any] = data["services"]
@@ -99,7 +116,7 @@ def roomcast_services(
         raise ComposeError(f"not compose hostnames: {sorted(unknown)}")
     result = {}
     for name, spec in services.items():
-        if not _runs_roomcast(spec):
+        if not _runs_roomcast(spec) or "entrypoint" in spec:
             continue
         args = _command(name, spec)
         environment = _environment(name, spec)
@@ -108,10 +125,39 @@ def roomcast_services(
                 key: _map_url(value, hostnames, dict(ports or {}), host)
                 for key, value in environment.items()
             }
+        mounts = _named_mounts(name, spec, data)
+        environment = {
+            key: _map_path(value, mounts, volumes or {}) for key, value in environment.items()
+        }
         replicas = int((spec.get("deploy") or {}).get("replicas", 1))
-        result[name] = ComposeService(name, tuple(args), environment, replicas)
+        result[name] = ComposeService(name, tuple(args), environment, replicas, mounts)
     if not result:
         raise ComposeError(f"{path}: no service runs the roomcast image")
+    return result
+
+
+def compose_jobs(
+    path: Path = COMPOSE_FILE,
+    *,
+    env: Mapping[str, str] | None = None,
+    volumes: Mapping[str, Path] | None = None,
+) -> dict[str, ComposeJob]:
+    """Every service of the roomcast image with an entrypoint of its own, by service name;
+    `volumes` as for `roomcast_services`, applied to its arguments and environment."""
+    data = load_compose(path, env)
+    result = {}
+    for name, spec in data["services"].items():
+        if not _runs_roomcast(spec) or "entrypoint" not in spec:
+            continue
+        argv = [*_words(spec["entrypoint"]), *_words(spec.get("command") or [])]
+        mounts = _named_mounts(name, spec, data)
+        local = volumes or {}
+        result[name] = ComposeJob(
+            name,
+            tuple(_map_path(arg, mounts, local) for arg in argv),
+            {k: _map_path(v, mounts, local) for k, v in _environment(name, spec).items()},
+            mounts,
+        )
     return result
 
 
@@ -182,6 +228,40 @@ def _command(name: str, spec: Mapping[str, Any]) -> list[str]:
     if not args or args[0] not in ROLES:
         raise ComposeError(f"service {name}: command {args!r} does not start with one of {ROLES}")
     return args
+
+
+def _words(value: Any) -> list[str]:
+    return shlex.split(value) if isinstance(value, str) else [str(item) for item in value]
+
+
+def _named_mounts(name: str, spec: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, str]:
+    """Mount point -> named volume for each named volume the service mounts (short or long
+    syntax); bind mounts and tmpfs are left out."""
+    named = set(data.get("volumes") or {})
+    mounts = {}
+    for entry in spec.get("volumes") or []:
+        if isinstance(entry, dict):
+            source, target = str(entry.get("source", "")), str(entry.get("target", ""))
+            if entry.get("type", "volume") != "volume":
+                continue
+        else:
+            parts = str(entry).split(":")
+            if len(parts) < 2:
+                continue
+            source, target = parts[0], parts[1]
+        if source in named:
+            mounts[target.rstrip("/") or "/"] = source
+        elif source and not source.startswith((".", "/", "~")):
+            raise ComposeError(f"service {name}: volume {source!r} is not declared")
+    return mounts
+
+
+def _map_path(value: str, mounts: Mapping[str, str], local: Mapping[str, Path]) -> str:
+    """`value` with a leading mount point of a volume in `local` replaced by its directory."""
+    for target, volume in mounts.items():
+        if volume in local and (value == target or value.startswith(target + "/")):
+            return str(local[volume]) + value[len(target) :]
+    return value
 
 
 def _environment(name: str, spec: Mapping[str, Any]) -> dict[str, str]:

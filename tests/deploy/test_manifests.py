@@ -35,6 +35,7 @@ from tests.deploy.compose_env import (
     COMPOSE_FILE,
     ComposeError,
     ComposeService,
+    compose_jobs,
     interpolate,
     load_compose,
     roomcast_services,
@@ -827,20 +828,23 @@ def compose_invariant_errors(path: Path) -> list[str]:
     if not any(v.split(":")[0] in named_volumes and ":/data/db" in v for v in mongo_volumes):
         errors.append("mongodb: /data/db is not on a named volume")
 
-    # Health checks everywhere, and ordering by health.
+    # Health checks everywhere but on one-shot jobs (never restarted: they run, then exit), and
+    # ordering by health, or by a job's successful end.
+    one_shots = {name for name, spec in services.items() if spec.get("restart") in ("no", False)}
     for name, spec in services.items():
         check = spec.get("healthcheck") or {}
-        if not check.get("test") or check.get("disable"):
+        if name not in one_shots and (not check.get("test") or check.get("disable")):
             errors.append(f"{name}: no health check")
         depends = spec.get("depends_on") or {}
         if isinstance(depends, list):
             errors.append(f"{name}: depends_on without conditions")
             continue
         for target, condition in depends.items():
+            wanted = "service_completed_successfully" if target in one_shots else "service_healthy"
             if target not in services:
                 errors.append(f"{name}: depends on unknown service {target}")
-            elif condition.get("condition") != "service_healthy":
-                errors.append(f"{name}: depends on {target} without condition service_healthy")
+            elif condition.get("condition") != wanted:
+                errors.append(f"{name}: depends on {target} without condition {wanted}")
 
     def depends_on(name: str, target: str) -> bool:
         return target in (services.get(name, {}).get("depends_on") or {})
@@ -874,7 +878,10 @@ def compose_invariant_errors(path: Path) -> list[str]:
         if not depends_on(service.name, "rabbitmq"):
             errors.append(f"{where}: does not wait for rabbitmq")
         errors += settings_errors(service.environment, where)
-        for key in sorted(NEEDS.get(service.role, set()) - service.environment.keys()):
+        provided = set(service.environment)
+        if "ROOMCAST_SECRET_FILE" in provided:
+            provided.add("ROOMCAST_SECRET")
+        for key in sorted(NEEDS.get(service.role, set()) - provided):
             errors.append(f"{where}: no {key}, which `roomcast {service.role}` needs")
         amqp = service.environment.get("ROOMCAST_AMQP_URL", "")
         if "@rabbitmq:" not in amqp:
@@ -894,13 +901,7 @@ def compose_invariant_errors(path: Path) -> list[str]:
     if gateway is not None:
         if gateway.replicas < 2:
             errors.append(f"{gateway.name}: {gateway.replicas} replica(s), the stack runs two")
-        if "ROOMCAST_SECRET" not in gateway.environment:
-            errors.append(f"{gateway.name}: no ROOMCAST_SECRET shared by the replicas")
-        if (
-            gateway.environment.get("ROOMCAST_SECRET")
-            and len(gateway.environment["ROOMCAST_SECRET"]) < 16
-        ):
-            errors.append(f"{gateway.name}: ROOMCAST_SECRET is shorter than 16 characters")
+        errors += compose_secret_errors(path, services, gateway)
 
     # The load balancer: publishes the web client, waits for the gateways.
     balancers = [n for n, image in images.items() if image.split(":")[0] in {"nginx", "traefik"}]
@@ -912,6 +913,40 @@ def compose_invariant_errors(path: Path) -> list[str]:
             errors.append(f"{lb}: the web client is not on localhost:8000")
         if gateway is not None and not depends_on(lb, gateway.name):
             errors.append(f"{lb}: does not wait for the gateways")
+    return errors
+
+
+def compose_secret_errors(
+    path: Path, services: Mapping[str, Any], gateway: ComposeService
+) -> list[str]:
+    """The gateways' session secret is in no file of the repository: it is generated on the
+    first start by a one-shot job into a named volume, which the gateways mount read-only and
+    read through ROOMCAST_SECRET_FILE once the job has finished."""
+    where = gateway.name
+    if gateway.environment.get("ROOMCAST_SECRET"):
+        return [f"{where}: ROOMCAST_SECRET has a value in the file (a committed secret)"]
+    secret_file = gateway.environment.get("ROOMCAST_SECRET_FILE")
+    if not secret_file:
+        return [f"{where}: no ROOMCAST_SECRET_FILE: the replicas share no secret"]
+    mount = next((t for t in gateway.volumes if secret_file.startswith(t.rstrip("/") + "/")), None)
+    if mount is None:
+        return [f"{where}: ROOMCAST_SECRET_FILE {secret_file} is not on a named volume"]
+    volume, errors = gateway.volumes[mount], []
+    entries = [str(v) for v in services[where].get("volumes") or [] if isinstance(v, str)]
+    if not any(e.startswith(f"{volume}:{mount}:") and "ro" in e.split(":")[2:] for e in entries):
+        errors.append(f"{where}: the {volume} volume is mounted writable (mount it :ro)")
+    writers = []
+    for job in compose_jobs(path).values():
+        for target, job_volume in job.volumes.items():
+            if job_volume == volume and target + secret_file[len(mount) :] in job.argv:
+                writers.append(job.name)
+    if not writers:
+        return [*errors, f"no one-shot service writes {secret_file} into the {volume} volume"]
+    depends = services[where].get("depends_on") or {}
+    for writer in writers:
+        condition = (depends.get(writer) or {}).get("condition")
+        if condition != "service_completed_successfully":
+            errors.append(f"{where}: does not wait for {writer} (service_completed_successfully)")
     return errors
 
 
@@ -1588,6 +1623,33 @@ BROKEN_COMPOSE = [
     ),
     ("image: mongo:8.0", "image: bitnami/mongodb:8.0", "is not the official image"),
     ("      - 127.0.0.1:8000:8080\n", "      - 127.0.0.1:8080:8080\n", "not on localhost:8000"),
+    (
+        "      ROOMCAST_SECRET_FILE: /run/roomcast/secret\n",
+        "      ROOMCAST_SECRET: ${ROOMCAST_SECRET:-dev-only-roomcast-secret-change-me}\n",
+        "ROOMCAST_SECRET has a value in the file",
+    ),
+    (
+        "      ROOMCAST_SECRET_FILE: /run/roomcast/secret\n",
+        "",
+        "no ROOMCAST_SECRET_FILE",
+    ),
+    ("      - roomcast-secret:/run/roomcast:ro\n", "", "is not on a named volume"),
+    (
+        "      - roomcast-secret:/run/roomcast:ro\n",
+        "      - roomcast-secret:/run/roomcast\n",
+        "mounted writable",
+    ),
+    (
+        "      - /run/roomcast/secret\n",
+        "      - /run/roomcast/other\n",
+        "no one-shot service writes /run/roomcast/secret",
+    ),
+    (
+        "        condition: service_completed_successfully\n",
+        "        condition: service_started\n",
+        "gateway: does not wait for secret",
+    ),
+    ('    restart: "no"\n', "", "secret: no health check"),
 ]
 
 
@@ -1782,8 +1844,11 @@ def test_roomcast_services_reads_commands_and_environment() -> None:
     assert history.environment["ROOMCAST_MONGO_URL"] == "mongodb://127.0.0.1:27018"
     assert history.environment["ROOMCAST_MONGO_DB"] == "roomcast"
     assert "ROOMCAST_SECRET" not in history.environment
+    assert "ROOMCAST_SECRET_FILE" not in history.environment
     assert services["presence"].environment["ROOMCAST_MONGO_URL"] == "mongodb://127.0.0.1:27018"
-    assert len(gateway.environment["ROOMCAST_SECRET"]) >= 16
+    assert "ROOMCAST_SECRET" not in gateway.environment
+    assert gateway.environment["ROOMCAST_SECRET_FILE"] == "/run/roomcast/secret"
+    assert gateway.volumes == {"/run/roomcast": "roomcast-secret"}
     assert services["presence"].argv(port=9102) == [
         "presence",
         "--host",
@@ -1802,7 +1867,8 @@ def test_roomcast_services_interpolates_from_the_given_env() -> None:
         services["presence"].environment["ROOMCAST_AMQP_URL"]
         == "amqp://guest:guest@127.0.0.1:5672/"
     )
-    assert services["gateway"].environment["ROOMCAST_SECRET"] == "s" * 20
+    # A secret in the shell reaches no service: the file's way is the generated volume.
+    assert "ROOMCAST_SECRET" not in services["gateway"].environment
     # Without a port for a hostname, its compose port stays.
     assert services["history"].environment["ROOMCAST_MONGO_URL"] == "mongodb://127.0.0.1:27017"
 
@@ -1829,3 +1895,52 @@ def test_compose_service_argv_accepts_equals_form() -> None:
         "--port",
         "9001",
     ]
+
+
+def test_compose_volumes_map_to_local_directories(tmp_path: Path) -> None:
+    gateway = roomcast_services(volumes={"roomcast-secret": tmp_path})["gateway"]
+    assert gateway.environment["ROOMCAST_SECRET_FILE"] == f"{tmp_path}/secret"
+    # Without a directory for the volume the container path stays.
+    assert compose_jobs()["secret"].argv[3] == "/run/roomcast/secret"
+
+
+def test_compose_env_reads_long_volume_syntax_and_refuses_undeclared_volumes(
+    broken: Path, tmp_path: Path
+) -> None:
+    compose = broken / "docker-compose.yml"
+    mutate(
+        compose,
+        "      - roomcast-secret:/run/roomcast:ro\n",
+        "      - type: volume\n        source: roomcast-secret\n        target: /run/roomcast\n",
+    )
+    gateway = roomcast_services(compose, volumes={"roomcast-secret": tmp_path})["gateway"]
+    assert gateway.environment["ROOMCAST_SECRET_FILE"] == f"{tmp_path}/secret"
+    mutate(compose, "  roomcast-secret:\n", "")
+    with pytest.raises(ComposeError, match="roomcast-secret"):
+        roomcast_services(compose)
+
+
+def test_compose_secret_job_generates_a_secret_once(tmp_path: Path) -> None:
+    """The `secret` service's own command, run here as compose would run it in its container:
+    the first run writes a secret the gateways accept, later runs keep it."""
+    from roomcast.shared.config import Settings, read_secret
+
+    volumes = {"roomcast-secret": tmp_path}
+    job = compose_jobs(volumes=volumes)["secret"]
+    assert job.argv[0] == "python", job.argv
+    argv: list[str | Path] = [sys.executable, *job.argv[1:]]
+    path = Path(roomcast_services(volumes=volumes)["gateway"].environment["ROOMCAST_SECRET_FILE"])
+
+    first = run(argv)
+    assert first.returncode == 0, first.stderr
+    assert "generated" in first.stdout
+    assert path.stat().st_mode & 0o777 == 0o400
+    secret = read_secret(Settings.model_validate({"secret_file": path}))
+    assert secret is not None and len(secret.get_secret_value()) >= 32
+    assert secret.get_secret_value() not in first.stdout + first.stderr
+
+    again = run(argv)
+    assert again.returncode == 0, again.stderr
+    assert "kept" in again.stdout
+    assert read_secret(Settings.model_validate({"secret_file": path})) == secret
+    assert list(tmp_path.iterdir()) == [path], "scratch files left behind"
