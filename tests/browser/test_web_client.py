@@ -14,7 +14,12 @@ anything happened.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import expect  # scripts/install-browser.sh installs it
@@ -338,3 +343,53 @@ def test_phone_sized_screen_can_chat(server: DevProcess, open_user: OpenUser) ->
         expect_once(user, a, reply)
     expect(phone.message(reply)).to_be_in_viewport()
     assert desk.page.viewport_size == DESKTOP
+
+
+# ---- names kept for their owner (protocol 2.2) ---------------------------------------------------
+@contextlib.contextmanager
+def holding(server: DevProcess, username: str) -> Iterator[None]:
+    """A raw WebSocket client that holds `username` while the block runs (retrying while
+    presence still counts the page's closed socket)."""
+    from websockets.sync.client import connect
+
+    join = {"event": "userJoin", "data": {"username": username, "room": "main"}, "ref": "1"}
+    for _ in range(50):
+        with connect(f"{server.ws}/ws") as socket:
+            socket.send(json.dumps(join))
+            frame: dict[str, Any] = {}
+            while frame.get("ref") != "1":
+                frame = json.loads(socket.recv(timeout=10))
+            if frame["event"] == "ack":
+                yield
+                return
+            assert frame["data"]["code"] == "username_taken", frame
+        time.sleep(0.1)  # presence has not seen the page's socket close yet
+    raise AssertionError(f"{username!r} never became free")
+
+
+def test_a_page_keeps_its_session_while_its_name_is_held(
+    own_server: DevProcess, open_user: OpenUser
+) -> None:
+    """The page comes back while someone else holds its name: it never forgets its session for
+    `username_taken`, says why it waits, and is back as itself once the name is free."""
+    own_server.stop()
+    own_server.env = {"ROOMCAST_NAME_GRACE_SECONDS": "0"}  # let another take the name at once
+    own_server.start()
+    own_server.wait_ready()
+    a = unique("alice")
+    alice = open_user(a, own_server)
+    identity = alice.page.evaluate("localStorage.getItem('roomcast.identity')")
+    assert identity and json.loads(identity)["session"]
+
+    alice.page.goto("about:blank")  # the page goes away, its socket closes
+    with holding(own_server, a):
+        alice.page.goto(own_server.http + "/")
+        expect(alice.page.get_by_text("is still held by your previous connection")).to_be_visible()
+        expect(alice.page.get_by_label("Your name", exact=True)).to_be_hidden()
+        assert alice.page.evaluate("localStorage.getItem('roomcast.identity')") == identity
+    reconnected(alice)
+    expect(alice.page.get_by_text("You're back as")).to_be_visible(timeout=RECONNECT_MS)
+    assert alice.page.evaluate("localStorage.getItem('roomcast.identity')") == identity
+    body = unique("back as myself")
+    alice.send(body)
+    expect_once(alice, a, body)

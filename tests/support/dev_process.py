@@ -44,6 +44,7 @@ class DevProcess:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.env: dict[str, str] = {}  # ROOMCAST_* settings for the next start
 
     @property
     def ws(self) -> str:
@@ -71,7 +72,7 @@ class DevProcess:
             out.flush()
             self.process = subprocess.Popen(
                 args,
-                env=dev_env(),
+                env=dev_env(**self.env),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -4,7 +4,7 @@ import { Connection } from "./connection.js";
 import { fetchMessages } from "./api.js";
 import { MAIN, Store } from "./store.js";
 import { View } from "./view.js";
-import { checkBody, clientId, dmRoomName, errorText, isClientId, isValidRoom, usernameProblem } from "./format.js";
+import { checkBody, clientId, dmRoomName, errorText, isClientId, isValidRoom, normalName, usernameProblem } from "./format.js";
 
 const ID_KEY = "roomcast.identity"; // localStorage: {username, session}, shared by every tab
 const TAB_KEY = "roomcast.tab"; // sessionStorage: this tab's rooms, current room and unsent messages
@@ -21,6 +21,13 @@ let identity = loadIdentity();
 let conn = null;
 let everOpen = false;
 let loggingIn = false; // the first userJoin of a name typed in the form is in flight
+// The server may know this name as ours although this page holds no session for it yet (a
+// userJoin whose answer was lost with its socket), and a name is kept for its session a while
+// after its connection goes (PROTOCOL.md 2.2): then `username_taken` means "still held by your
+// previous connection", not "someone else's". Such a page keeps its name and retries.
+let nameMaybeOurs = false;
+let takenRetries = 0;
+let takenTimer = null;
 let outboxPausedUntil = 0;
 let flushTimer = null;
 let renderQueued = false;
@@ -183,6 +190,9 @@ function enterChat() {
 function endSession() {
   conn?.stop();
   conn = null;
+  clearTimeout(takenTimer);
+  takenRetries = 0;
+  nameMaybeOurs = false;
   clearTimeout(flushTimer);
   lastTypingSent.clear();
 }
@@ -236,12 +246,22 @@ async function joinRoom(name, gen = conn?.generation) {
   if (room.recovery) room.recovery.resolve = historySeen;
   room.joining = true;
   let ack;
+  const sent = conn.isOpen;
   try {
     ack = await conn.request("userJoin", data, { timeout: 15000 });
+  } catch (err) {
+    // a first join whose answer never came may have been admitted: the name may be ours now
+    if (name === MAIN && sent && (err.code === "timeout" || err.code === "offline")) nameMaybeOurs = true;
+    throw err;
   } finally {
     room.joining = false;
   }
   if (!conn || gen !== conn.generation) throw Object.assign(new Error("stale"), { code: "offline" });
+  nameMaybeOurs = true;
+  if (takenRetries) {
+    takenRetries = 0;
+    view.notice(`You're back as “${store.me}”.`, { kind: "success", timeout: 4000 });
+  }
   if (typeof ack.session === "string" && ack.session && ack.session !== identity.session) {
     identity.session = ack.session;
     saveIdentity();
@@ -256,6 +276,10 @@ async function joinRoom(name, gen = conn?.generation) {
 
 function firstJoinFailed(err, gen) {
   const code = err.code;
+  if (code === "username_taken" && (identity?.session || nameMaybeOurs)) {
+    nameHeld(gen);
+    return;
+  }
   if (code === "username_taken" || code === "invalid" || code === "username_mismatch") {
     const name = store.me;
     const hadSession = Boolean(identity?.session);
@@ -280,6 +304,23 @@ function firstJoinFailed(err, gen) {
   if (!loggingIn) view.notice(errorText(code, err.message), { kind: "error" });
   else view.setLoginBusy(true, errorText(code, err.message));
   setTimeout(() => conn && gen === conn.generation && conn.isOpen && joinAll(gen), 2000 + Math.random() * 2000);
+}
+
+/**
+ * A reconnect whose name is refused `username_taken`: the server still holds the name for the
+ * previous connection (it has not noticed it died yet, or keeps it for its session). Never
+ * forget the session for that: say so, and try again with a growing, jittered pause.
+ */
+function nameHeld(gen) {
+  const window = Math.min(30000, 2000 * 2 ** takenRetries);
+  const delay = Math.round(window / 2 + Math.random() * (window / 2));
+  takenRetries = Math.min(takenRetries + 1, 8);
+  const secs = Math.max(1, Math.round(delay / 1000));
+  const text = `The name “${store.me}” is still held by your previous connection. Trying again in ${secs} s…`;
+  if (loggingIn) view.setLoginBusy(true, text);
+  else view.notice(text, { kind: "error", timeout: Math.max(4000, delay) });
+  clearTimeout(takenTimer);
+  takenTimer = setTimeout(() => conn && gen === conn.generation && conn.isOpen && joinAll(gen), delay);
 }
 
 function joinFailed(name, err, gen) {
@@ -502,7 +543,8 @@ function maybeFillViewport() {
 // ---- user actions ------------------------------------------------------------------------------
 
 const handlers = {
-  login(name) {
+  login(typed) {
+    const name = normalName(typed);
     const problem = usernameProblem(name);
     if (problem) {
       view.setLoginError(problem);

@@ -1,11 +1,22 @@
 // Pure helpers: validation (the protocol's names and limits), ids, time, links, wording.
 // No DOM access here, so every function can be unit-tested under plain Node.
 
-export const LIMITS = Object.freeze({ username: 32, room: 64, body: 2000 });
+export const LIMITS = Object.freeze({ username: 32, room: 64, body: 2000, usernameBytes: 64, roomBytes: 128 });
 
-// PROTOCOL.md "Names and limits": Unicode letters, digits, `_` and `-`. The server checks with
-// Python's `[\w-]+` (str.isalnum() or `_`), which is \p{L} + \p{N} in Unicode terms.
-const NAME_RE = /^[\p{L}\p{N}_-]+$/u;
+// PROTOCOL.md "Names and limits" and 2.2, as roomcast.shared.names judges them after NFKC:
+// Unicode letters and digits, `_` and `-`; combining marks (at most 4) only on a letter or digit,
+// for the scripts that need them. Invisible, format, bidi and space characters match nothing here.
+const NAME_RE = /^(?:[\p{L}\p{N}]\p{M}{0,4}|[_-])+$/u;
+const utf8 = new TextEncoder();
+
+/** The name as the server will store it: NFKC (fullwidth letters, ligatures folded). */
+export function normalName(name) {
+  return typeof name === "string" ? name.normalize("NFKC") : name;
+}
+
+function byteCount(text) {
+  return utf8.encode(text).length;
+}
 const CLIENT_ID_RE = /^[A-Za-z0-9_-]{8,64}$/;
 const ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
@@ -20,13 +31,14 @@ export function charCount(text) {
 export function usernameProblem(name) {
   if (!name) return "Please enter a name.";
   if (charCount(name) > LIMITS.username) return `Names can be at most ${LIMITS.username} characters.`;
+  if (byteCount(name) > LIMITS.usernameBytes) return `That name is too long: at most ${LIMITS.usernameBytes} bytes, and letters beyond Latin take 2 to 4 each. Try a shorter one.`;
   if (/\s/u.test(name)) return "Names can't contain spaces: try _ or - instead.";
   if (!NAME_RE.test(name)) return "Names can only use letters, digits, _ and -.";
   return null;
 }
 
 export function isValidRoom(name) {
-  return typeof name === "string" && name.length > 0 && charCount(name) <= LIMITS.room && NAME_RE.test(name);
+  return typeof name === "string" && name.length > 0 && charCount(name) <= LIMITS.room && byteCount(name) <= LIMITS.roomBytes && NAME_RE.test(name);
 }
 
 /** Validates a message body the way the server does; returns {body} (trimmed) or {problem}. */
@@ -157,7 +169,7 @@ export function errorText(code, message, ctx = {}) {
     case "rate_limited":
       return "You're sending messages too fast (rate limited). Waiting a moment before sending the rest.";
     case "username_taken":
-      return `The name “${ctx.username ?? "you chose"}” is already in use by someone else. Please pick another name.`;
+      return `The name “${ctx.username ?? "you chose"}” is in use, or kept for a few minutes for whoever had it last (names that look alike count as the same). Please pick another name.`;
     case "username_mismatch":
       return "This page is already chatting under another name. Reload the page to switch names.";
     case "room_private":
