@@ -8,12 +8,13 @@ from pathlib import Path
 from pydantic import ValidationError
 from quart import Quart, Response, request, send_file
 from quart_schema import QuartSchema, RequestSchemaValidationError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.ops import Check, add_ops_routes
 
 from .api import api
-from .docs import add_docs_route
+from .docs import GatewayOpenAPI, add_docs_route
 from .gateway import ChatGateway
 from .protocol import ProtocolError
 from .websocket import WebSocketEndpoint
@@ -39,6 +40,7 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
         swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
+        openapi_provider_class=GatewayOpenAPI,
     )
     add_docs_route(app, TITLE)
     app.register_blueprint(api)
@@ -91,6 +93,18 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
     @app.errorhandler(404)
     async def not_found(error: Exception) -> tuple[dict[str, str], int]:
         return {"code": "invalid", "message": "no such resource"}, 404
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> tuple[dict[str, str], int, dict[str, str]]:
+        """Every other HTTP error (405, 413, an unexpected 500...) in the protocol's JSON shape,
+        not Quart's HTML page (PROTOCOL.md, "HTTP")."""
+        status = error.code or 500
+        code = "internal" if status >= 500 else "invalid"
+        headers = {}
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers["Allow"] = ", ".join(error.valid_methods)
+        message = (error.description or error.name) if status < 500 else "internal error"
+        return {"code": code, "message": message}, status, headers
 
     app.asgi_app = WebSocketEndpoint(app.asgi_app, gateway)  # type: ignore[method-assign, assignment]
     return app

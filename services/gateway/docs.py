@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import html
 import secrets
+from typing import Any
 
 from quart import Quart, Response
 from quart_schema import hide
+from quart_schema.openapi import OpenAPIProvider
 
 DOCS_STATIC = "/static/docs"
 SPEC_URL = "/openapi.json"
@@ -74,3 +76,51 @@ def add_docs_route(app: Quart, title: str, path: str = "/docs") -> None:
         return response
 
     app.add_url_rule(path, "docs", docs, methods=["GET"])
+
+
+_READINESS = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"enum": ["ready", "unready"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+    },
+}
+#: What quart-schema cannot say: routes it knows no response model for (pages, Prometheus text,
+#: the ops routes every service shares). Each documented response: (media type, schema, why).
+_RESPONSES: dict[str, dict[str, tuple[str, dict[str, Any], str]]] = {
+    "/": {"200": ("text/html", {"type": "string"}, "the web client")},
+    "/healthz": {
+        "200": (
+            "application/json",
+            {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"const": "ok"}},
+            },
+            "the process lives",
+        )
+    },
+    "/readyz": {
+        "200": ("application/json", _READINESS, "every check passes"),
+        "503": ("application/json", _READINESS, "a check fails (named in `checks`)"),
+    },
+    "/metrics": {"200": ("text/plain", {"type": "string"}, "Prometheus text format")},
+}
+
+
+class GatewayOpenAPI(OpenAPIProvider):
+    """quart-schema's document, with the responses it leaves empty filled in (an operation
+    without responses is not valid OpenAPI) and the error every API route may answer."""
+
+    def schema(self) -> dict[str, Any]:
+        document = super().schema()
+        for path, responses in _RESPONSES.items():
+            operation = document["paths"].get(path, {}).get("get")
+            if operation is None or operation.get("responses"):
+                continue
+            operation["responses"] = {
+                status: {"description": why, "content": {media: {"schema": schema}}}
+                for status, (media, schema, why) in responses.items()
+            }
+        return document
