@@ -32,7 +32,7 @@ from roomcast.history.service import HistoryService
 from roomcast.presence.service import PresenceService
 from roomcast.shared.bus import Bus, InMemoryBus
 from roomcast.shared.config import ConfigError, Settings, read_secret
-from roomcast.shared.ops import add_ops_routes
+from roomcast.shared.ops import Check, add_ops_routes
 from roomcast.shared.sessions import SessionSigner
 from roomcast.shared.store.base import MessageStore, RoomStore
 from roomcast.shared.store.mongo import MongoMessageStore, MongoRoomStore
@@ -218,8 +218,10 @@ async def _run_worker(
     port: int,
     store: _Store,
     build: Callable[[Bus], _Worker],
+    checks: Callable[[_Worker], dict[str, Check]] | None = None,
 ) -> None:
-    """A service with no public API: its bus consumer, and /healthz, /readyz, /metrics."""
+    """A service with no public API: its bus consumer, and /healthz, /readyz, /metrics;
+    `checks` adds the service's own readiness checks (its background tasks)."""
     bus = rabbit_bus(settings, name)
     await bus.connect()
     try:
@@ -231,7 +233,8 @@ async def _run_worker(
         async def bus_ready() -> bool:
             return bus.is_ready
 
-        add_ops_routes(app, {"bus": bus_ready, "store": store.ping})
+        own = checks(service) if checks is not None else {}
+        add_ops_routes(app, {"bus": bus_ready, "store": store.ping, **own})
         await _serve(app, host, port, settings, service.stop)
     finally:
         await bus.close()
@@ -247,8 +250,19 @@ async def run_history(settings: Settings, host: str, port: int) -> None:
 
 async def run_presence(settings: Settings, host: str, port: int) -> None:
     store = MongoRoomStore(settings.mongo_url.get_secret_value(), settings.mongo_db)
+
+    def tasks(service: _Worker) -> dict[str, Check]:
+        assert isinstance(service, PresenceService)
+        return {"tasks": service.ready_check}
+
     await _run_worker(
-        "presence", settings, host, port, store, lambda bus: PresenceService(bus, store, settings)
+        "presence",
+        settings,
+        host,
+        port,
+        store,
+        lambda bus: PresenceService(bus, store, settings),
+        tasks,
     )
 
 

@@ -35,6 +35,7 @@ PEER_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "peers" / "socketi
 BENCH_ENV = {
     "ROOMCAST_RATE_PER_SECOND": "1000000",
     "ROOMCAST_RATE_BURST": "1000000",
+    "ROOMCAST_MAX_CONNECTIONS_PER_IP": "0",  # every bench client comes from 127.0.0.1
     "ROOMCAST_LOG_LEVEL": "warning",
     "ROOMCAST_LOG_FORMAT": "console",
 }
