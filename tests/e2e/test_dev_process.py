@@ -140,9 +140,9 @@ async def test_invitations_and_private_rooms(dev_server: DevProcess, connect):
     left = await alice.event("userLeave", room)
     assert left["data"]["username"] == b
     impostor = await connect(dev_server)
-    assert await refused(impostor, "userJoin", {"username": b, "room": room}) == "room_private"
-    await impostor.join(b)  # the name itself is free: main admits the impostor
-    assert await refused(impostor, "userJoin", {"username": b, "room": room}) == "room_private"
+    # 2.2: the name stays reserved for its session after its last connection closes
+    assert await refused(impostor, "userJoin", {"username": b, "room": room}) == "username_taken"
+    assert await refused(impostor, "userJoin", {"username": b, "room": "main"}) == "username_taken"
     await impostor.close()
 
     # The real member comes back with the session: admitted, with the room's history.
@@ -233,7 +233,7 @@ async def test_history_private_rooms_and_sessions_survive_a_restart(start_dev, c
     )
     impostor = await connect(again)
     assert await refused(impostor, "userJoin", {"username": "bob", "room": "secret"}) == (
-        "room_private"
+        "username_taken"  # 2.2: the reservation outlives the restart too
     )
 
     member = await connect(again)
