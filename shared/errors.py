@@ -26,6 +26,9 @@ ErrorCode = Literal[
     "internal",
     "not_found",
     "forbidden",
+    "muted",
+    "banned",
+    "unauthorized",
 ]
 
 ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))

@@ -26,7 +26,8 @@ class Header:
 
 class Route(NamedTuple):
     """A routing key taken apart: `room.<room>.<event>`, `user.<username>.<event>`,
-    `history.<room>` (event "read") or `presence.<op>` (name "")."""
+    `history.<room>` (event "read"), `presence.<op>` (name ""), `moderation.<room>` or
+    `disconnect.<username>` (event "")."""
 
     kind: str
     name: str
@@ -43,6 +44,8 @@ def parse(routing_key: str) -> Route:
         return Route(kind, rest, "read")
     if kind == "presence":
         return Route(kind, "", rest)
+    if kind in ("moderation", "disconnect"):
+        return Route(kind, rest, "")
     return Route("", "", "")
 
 
@@ -85,5 +88,16 @@ def presence_request(op: str) -> str:
     return f"presence.{op}"
 
 
+def moderation_change(room: str) -> str:
+    """A room's moderation changed (2.4): broadcast to every gateway, whatever it serves."""
+    return f"moderation.{room}"
+
+
+def disconnect_user(username: str) -> str:
+    """Close every connection of a user, on every gateway (the backend API's disconnect)."""
+    return f"disconnect.{username}"
+
+
 HISTORY_PATTERNS = ["room.*.updateChat", "history.*"]
 PRESENCE_PATTERNS = ["presence.*"]
+MODERATION_PATTERNS = ["moderation.*", "disconnect.*"]
