@@ -13,6 +13,13 @@ from typing import NamedTuple, Protocol
 
 from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage
+from roomcast.shared.moderation import (
+    MAX_SANCTIONS,
+    RoomModeration,
+    RoomOwner,
+    Sanction,
+    SanctionKind,
+)
 
 UNREAD_CAP = 999  # `unread` counts stop here (PROTOCOL.md 2.3)
 MAX_DISTINCT_REACTIONS = 20
@@ -244,7 +251,8 @@ class NameReservation:
 
 
 class RoomStore(Protocol):
-    """Private rooms and their two members, and name reservations; they outlive every process.
+    """Private rooms and their two members, name reservations, and each room's moderation
+    (owner, mutes, bans: roomcast.shared.moderation); they outlive every process.
 
     A reservation is one per name key: reserving a key again replaces it. Reservations end by
     themselves (`expires`); `purge_reservations` removes the ended ones, so the store holds at
@@ -271,3 +279,50 @@ class RoomStore(Protocol):
 
     async def purge_reservations(self, now: float) -> int:
         """Forget the reservations that ended before `now`; returns how many."""
+
+    # moderation (2.4): each change returns the room's state after it, `version` one higher;
+    # a change that changes nothing returns the state as it is
+    async def get_moderation(self, room: str) -> RoomModeration:
+        """The room's owner, mutes and bans (version 0 and nothing else for a room without)."""
+
+    async def claim_owner(self, room: str, owner: RoomOwner) -> RoomModeration:
+        """Make `owner` the room's owner unless it has one: the first claim wins."""
+
+    async def add_sanction(
+        self, room: str, kind: SanctionKind, sanction: Sanction, now: float
+    ) -> RoomModeration:
+        """Mute or ban a user (replacing that user's earlier one of the kind), dropping mutes
+        that ended before `now`; `invalid` past `MAX_SANCTIONS` of a kind."""
+
+    async def lift_sanction(self, room: str, kind: SanctionKind, key: str) -> RoomModeration:
+        """Unmute or unban the user of `key`."""
+
+
+# What both stores judge alike: pure functions of a room's moderation state -------------------
+def owned(state: RoomModeration, owner: RoomOwner) -> RoomModeration | None:
+    """The state with its first owner, None when it has one."""
+    return None if state.owner is not None else state.model_copy(update={"owner": owner})
+
+
+def sanctioned(
+    state: RoomModeration, kind: SanctionKind, sanction: Sanction, now: float
+) -> RoomModeration:
+    field = "mutes" if kind == "mute" else "bans"
+    kept = [
+        s
+        for s in getattr(state, field)
+        if s.key != sanction.key and (s.until is None or s.until > now)
+    ]
+    if len(kept) >= MAX_SANCTIONS:
+        raise ProtocolError(
+            "invalid", f"room {state.room!r} holds {MAX_SANCTIONS} {field}: lift some"
+        )
+    return state.model_copy(update={field: (*kept, sanction)})
+
+
+def lifted(state: RoomModeration, kind: SanctionKind, key: str) -> RoomModeration | None:
+    """The state without the user's mute or ban, None when there is none to lift."""
+    field = "mutes" if kind == "mute" else "bans"
+    current: tuple[Sanction, ...] = getattr(state, field)
+    kept = tuple(s for s in current if s.key != key)
+    return None if len(kept) == len(current) else state.model_copy(update={field: kept})

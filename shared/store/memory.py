@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from roomcast.shared.models import ChatMessage
+from roomcast.shared.moderation import RoomModeration, RoomOwner, Sanction, SanctionKind
 
 from .base import (
     MAX_DISTINCT_REACTIONS,
@@ -22,9 +23,12 @@ from .base import (
     StoreUnavailableError,
     deleted,
     edited,
+    lifted,
     next_rev,
     not_found,
+    owned,
     reacted,
+    sanctioned,
 )
 
 
@@ -225,6 +229,7 @@ class InMemoryRoomStore:
     def __init__(self) -> None:
         self._rooms: dict[str, PrivateRoom] = {}
         self._names: dict[str, NameReservation] = {}
+        self._moderation: dict[str, RoomModeration] = {}
 
     async def open(self) -> None:
         pass
@@ -253,3 +258,26 @@ class InMemoryRoomStore:
         for key in ended:
             del self._names[key]
         return len(ended)
+
+    async def get_moderation(self, room: str) -> RoomModeration:
+        return self._moderation.get(room) or RoomModeration(room=room)
+
+    def _moderate(self, room: str, changed: RoomModeration | None) -> RoomModeration:
+        current = self._moderation.get(room) or RoomModeration(room=room)
+        if changed is None:
+            return current
+        self._moderation[room] = changed.model_copy(update={"version": current.version + 1})
+        return self._moderation[room]
+
+    async def claim_owner(self, room: str, owner: RoomOwner) -> RoomModeration:
+        return self._moderate(room, owned(await self.get_moderation(room), owner))
+
+    async def add_sanction(
+        self, room: str, kind: SanctionKind, sanction: Sanction, now: float
+    ) -> RoomModeration:
+        return self._moderate(
+            room, sanctioned(await self.get_moderation(room), kind, sanction, now)
+        )
+
+    async def lift_sanction(self, room: str, kind: SanctionKind, key: str) -> RoomModeration:
+        return self._moderate(room, lifted(await self.get_moderation(room), kind, key))

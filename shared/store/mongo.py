@@ -25,6 +25,10 @@ Documents:
   expires_at}` (`expires` in seconds since the epoch, what reads compare; `expires_at` the same
   as a date, for a TTL index that lets MongoDB drop ended reservations by itself; presence
   also purges them, for servers without TTL monitors).
+- `moderation`: one document per moderated room, `{_id: room, version, owner: {username,
+  identity}, mutes: [{key, username, until}], bans: [{key, username}]}`. Presence is its one
+  writer; a change replaces the document only if `version` is still the one it read (an insert
+  for the first), and reads again when it is not, so two writers never lose a change.
 
 Every pymongo error surfaces as `StoreUnavailableError`, chained to the original; the messages
 of these errors never hold the connection URL (it may hold credentials), and neither do logs.
@@ -45,6 +49,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from ..models import ChatMessage
+from ..moderation import RoomModeration, RoomOwner, Sanction, SanctionKind
 from .base import (
     MAX_DISTINCT_REACTIONS,
     UNREAD_CAP,
@@ -56,9 +61,12 @@ from .base import (
     StoreUnavailableError,
     deleted,
     edited,
+    lifted,
     next_rev,
     not_found,
+    owned,
     reacted,
+    sanctioned,
 )
 
 log = structlog.get_logger(__name__)
@@ -71,6 +79,7 @@ COUNTERS = "counters"
 ROOMS = "rooms"
 NAMES = "names"
 REVS = "revs"
+MODERATION = "moderation"
 MARKERS = "markers"
 
 _DUPLICATE_KEY = 11000
@@ -582,6 +591,55 @@ class MongoRoomStore(_MongoStore):
             if doc is not None:
                 return _room_from_doc(doc)
         raise StoreUnavailableError("mongo make_private failed: the room did not settle")
+
+    @property
+    def _moderation(self) -> AsyncCollection[Document]:
+        return self._db[MODERATION]
+
+    async def get_moderation(self, room: str) -> RoomModeration:
+        doc = await self._call("get_moderation", self._moderation.find_one({"_id": room}))
+        if doc is None:
+            return RoomModeration(room=room)
+        fields = {k: v for k, v in doc.items() if k != "_id"}
+        return RoomModeration.model_validate({"room": room, **fields})
+
+    async def _moderate(
+        self, room: str, change: Callable[[RoomModeration], RoomModeration | None]
+    ) -> RoomModeration:
+        """Apply `change` to the state as stored, unless another write came first (then again)."""
+        for _ in range(_UPSERT_ATTEMPTS):
+            current = await self.get_moderation(room)
+            changed = change(current)
+            if changed is None:
+                return current
+            changed = changed.model_copy(update={"version": current.version + 1})
+            doc = {"_id": room, **changed.model_dump(mode="json", exclude={"room"})}
+            if current.version == 0:
+                try:
+                    await self._moderation.insert_one(doc)
+                except DuplicateKeyError:
+                    continue
+                except PyMongoError as exc:
+                    raise _unavailable("moderate", exc) from exc
+                return changed
+            result = await self._call(
+                "moderate",
+                self._moderation.replace_one({"_id": room, "version": current.version}, doc),
+            )
+            if result.matched_count == 1:
+                return changed
+        raise StoreUnavailableError("mongo moderate failed: the room's state did not settle")
+
+    async def claim_owner(self, room: str, owner: RoomOwner) -> RoomModeration:
+        return await self._moderate(room, lambda state: owned(state, owner))
+
+    async def add_sanction(
+        self, room: str, kind: SanctionKind, sanction: Sanction, now: float
+    ) -> RoomModeration:
+        return await self._moderate(room, lambda state: sanctioned(state, kind, sanction, now))
+
+    async def lift_sanction(self, room: str, kind: SanctionKind, key: str) -> RoomModeration:
+        return await self._moderate(room, lambda state: lifted(state, kind, key))
 
 
 async def server_pid(url: str, seconds: float) -> int | None:

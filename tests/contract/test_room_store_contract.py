@@ -1,6 +1,7 @@
 """The `RoomStore` contract (roomcast.shared.store.base): every test body runs on
 `InMemoryRoomStore` (`unit`) and on `MongoRoomStore` against a real SecantusDB (`integration`):
-private rooms, and name reservations that outlive a presence restart and end by themselves.
+private rooms, name reservations that outlive a presence restart and end by themselves, and
+room moderation (owners, mutes, bans) whose version grows with every change.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
+from roomcast.shared.errors import ProtocolError
+from roomcast.shared.moderation import MAX_SANCTIONS, RoomModeration, RoomOwner, Sanction
 from roomcast.shared.secantus import SecantusServer
 from roomcast.shared.store.base import NameReservation, RoomMember, RoomStore
 from roomcast.shared.store.memory import InMemoryRoomStore
@@ -131,3 +134,83 @@ async def test_keys_of_every_script_and_size(store: RoomStore) -> None:
     key = "\U00020000" * 16  # the longest username: 64 bytes of 4-byte letters
     await store.reserve_name(held(key, "h1", NOW + 10))
     assert await store.get_reservation(key, NOW) == held(key, "h1", NOW + 10)
+
+
+# --- moderation (2.4) ------------------------------------------------------------------------
+
+OWNER = RoomOwner(username="ann", identity="hash-ann")
+
+
+def mute(key: str, until: float) -> Sanction:
+    return Sanction(key=key, username=key.title(), until=until)
+
+
+def ban(key: str) -> Sanction:
+    return Sanction(key=key, username=key.title())
+
+
+async def test_a_room_without_moderation_is_empty(store: RoomStore) -> None:
+    assert await store.get_moderation("lobby") == RoomModeration(room="lobby")
+
+
+async def test_the_first_owner_claim_wins(store: RoomStore) -> None:
+    first = await store.claim_owner("lobby", OWNER)
+    assert first.owner == OWNER and first.version == 1
+    second = await store.claim_owner("lobby", RoomOwner(username="bob", identity="hash-bob"))
+    assert second == first  # nothing changed: same owner, same version
+    assert await store.get_moderation("lobby") == first
+    assert (await store.get_moderation("other")).owner is None
+
+
+async def test_mutes_replace_lift_and_expire(store: RoomStore) -> None:
+    await store.claim_owner("lobby", OWNER)
+    state = await store.add_sanction("lobby", "mute", mute("bob", NOW + 60), NOW)
+    assert state.mutes == (mute("bob", NOW + 60),) and state.version == 2
+    assert state.muted_until("BOB", NOW) == NOW + 60 and state.muted_until("bob", NOW + 60) is None
+    state = await store.add_sanction("lobby", "mute", mute("bob", NOW + 5), NOW)
+    assert state.mutes == (mute("bob", NOW + 5),)  # the new mute replaces the old one
+    state = await store.add_sanction("lobby", "mute", mute("cat", NOW + 100), NOW + 10)
+    assert state.mutes == (mute("cat", NOW + 100),)  # bob's ended mute is dropped
+    lifted = await store.lift_sanction("lobby", "mute", "cat")
+    assert lifted.mutes == () and lifted.version == state.version + 1
+    again = await store.lift_sanction("lobby", "mute", "cat")
+    assert again == lifted  # nothing to lift: no change
+    assert (await store.get_moderation("lobby")).owner == OWNER
+
+
+async def test_bans_hold_until_lifted(store: RoomStore) -> None:
+    state = await store.add_sanction("lobby", "ban", ban("bob"), NOW)
+    assert state.banned("Bob") and not state.banned("cat") and state.owner is None
+    await store.add_sanction("lobby", "ban", ban("cat"), NOW + 10**9)  # bans never end
+    stored = await store.get_moderation("lobby")
+    assert stored.bans == (ban("bob"), ban("cat")) and stored.version == 2
+    await store.lift_sanction("lobby", "ban", "bob")
+    assert (await store.get_moderation("lobby")).bans == (ban("cat"),)
+    assert (await store.get_moderation("elsewhere")).bans == ()
+
+
+async def test_a_room_holds_a_bounded_number_of_bans(store: RoomStore) -> None:
+    for i in range(MAX_SANCTIONS):
+        await store.add_sanction("big", "ban", ban(f"u{i}"), NOW)
+    with pytest.raises(ProtocolError) as refused:
+        await store.add_sanction("big", "ban", ban("one-more"), NOW)
+    assert refused.value.code == "invalid" and "lift some" in refused.value.message
+    await store.add_sanction("big", "ban", ban("u7"), NOW)  # a repeat replaces: still fits
+    assert len((await store.get_moderation("big")).bans) == MAX_SANCTIONS
+
+
+@pytest.mark.integration
+async def test_moderation_outlives_the_store_client(secantus: SecantusServer, db_name: str) -> None:
+    """Presence restarts (or fails over) and finds every room's owner, mutes and bans."""
+    first = MongoRoomStore(str(secantus.url), db_name)
+    await first.open()
+    await first.claim_owner("lobby", OWNER)
+    await first.add_sanction("lobby", "ban", ban("bob"), NOW)
+    made = await first.add_sanction("lobby", "mute", mute("cat", NOW + 60), NOW)
+    await first.close()
+    second = MongoRoomStore(str(secantus.url), db_name)
+    await second.open()
+    try:
+        assert await second.get_moderation("lobby") == made
+    finally:
+        await second.close()
