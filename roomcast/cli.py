@@ -98,6 +98,16 @@ def presence(host: str, port: int) -> None:
 
 
 @cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=PORT, default=8003, show_default=True, help="Health and metrics port.")
+def webhooks(host: str, port: int) -> None:
+    """The webhook sender: POSTs room and message events to ROOMCAST_WEBHOOK_URL, signed."""
+    from roomcast.runtime import run_webhooks
+
+    _run(run_webhooks(_settings(), host, port))
+
+
+@cli.command()
 @click.argument("scenario", type=click.Choice(["fanout", "chatty", "join-storm", "idle", "chaos"]))
 @click.option("--vs", type=click.Choice(["socketio"]), help="Also run the python-socketio peer.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")

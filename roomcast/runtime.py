@@ -36,6 +36,8 @@ from roomcast.shared.ops import Check, add_ops_routes
 from roomcast.shared.sessions import SessionSigner
 from roomcast.shared.store.base import MessageStore, RoomStore
 from roomcast.shared.store.mongo import MongoMessageStore, MongoRoomStore
+from roomcast.webhooks.emitter import emitter_for
+from roomcast.webhooks.sender import WebhookSender, webhook_target
 
 log = structlog.get_logger("roomcast")
 
@@ -144,6 +146,7 @@ class Embedded:
     bus: InMemoryBus
     history: HistoryService
     presence: PresenceService
+    webhooks: WebhookSender | None = None
 
 
 @asynccontextmanager
@@ -158,17 +161,23 @@ async def embedded(
         bus = InMemoryBus("embedded", inbox_limit=settings.bus_inbox_limit)
         await bus.connect()
         stack.push_async_callback(bus.close)
-        history = HistoryService(bus, messages, settings)
+        # transient on the in-memory bus: a persistent publish there waits for the delivery
+        webhooks = emitter_for(bus, settings, persistent=False)
+        sender = WebhookSender(bus, settings) if webhooks is not None else None
+        if sender is not None:
+            await sender.start()
+            stack.push_async_callback(sender.stop)
+        history = HistoryService(bus, messages, settings, webhooks=webhooks)
         await history.start()
         stack.push_async_callback(history.stop)
-        presence = PresenceService(bus, rooms, settings)
+        presence = PresenceService(bus, rooms, settings, webhooks=webhooks)
         await presence.start()
         stack.push_async_callback(presence.stop)
         gateway = ChatGateway(bus, settings, signer)
         await gateway.start()
         stack.push_async_callback(gateway.stop)
         app = create_app(gateway, {"store": messages.ping})
-        yield Embedded(app, gateway, bus, history, presence)
+        yield Embedded(app, gateway, bus, history, presence, sender)
 
 
 async def run_dev(settings: Settings, host: str, port: int, data_dir: Path) -> None:
@@ -216,7 +225,7 @@ async def _run_worker(
     settings: Settings,
     host: str,
     port: int,
-    store: _Store,
+    store: _Store | None,
     build: Callable[[Bus], _Worker],
     checks: Callable[[_Worker], dict[str, Check]] | None = None,
 ) -> None:
@@ -225,7 +234,8 @@ async def _run_worker(
     bus = rabbit_bus(settings, name)
     await bus.connect()
     try:
-        await store.open()
+        if store is not None:
+            await store.open()
         service = build(bus)
         await service.start()
         app = Quart(f"roomcast-{name}")
@@ -234,18 +244,23 @@ async def _run_worker(
             return bus.is_ready
 
         own = checks(service) if checks is not None else {}
-        add_ops_routes(app, {"bus": bus_ready, "store": store.ping, **own})
+        stored = {"store": store.ping} if store is not None else {}
+        add_ops_routes(app, {"bus": bus_ready, **stored, **own})
         await _serve(app, host, port, settings, service.stop)
     finally:
         await bus.close()
-        await store.close()
+        if store is not None:
+            await store.close()
 
 
 async def run_history(settings: Settings, host: str, port: int) -> None:
     store = MongoMessageStore(settings.mongo_url.get_secret_value(), settings.mongo_db)
-    await _run_worker(
-        "history", settings, host, port, store, lambda bus: HistoryService(bus, store, settings)
-    )
+
+    def build(bus: Bus) -> HistoryService:
+        webhooks = emitter_for(bus, settings, persistent=True)
+        return HistoryService(bus, store, settings, webhooks=webhooks)
+
+    await _run_worker("history", settings, host, port, store, build)
 
 
 async def run_presence(settings: Settings, host: str, port: int) -> None:
@@ -261,8 +276,23 @@ async def run_presence(settings: Settings, host: str, port: int) -> None:
         host,
         port,
         store,
-        lambda bus: PresenceService(bus, store, settings),
+        lambda bus: PresenceService(
+            bus, store, settings, webhooks=emitter_for(bus, settings, persistent=True)
+        ),
         tasks,
+    )
+
+
+async def run_webhooks(settings: Settings, host: str, port: int) -> None:
+    """The webhook sender (roomcast.webhooks.sender): it needs no store."""
+    webhook_target(settings)  # a missing URL or secret stops it before it connects
+
+    def ready(service: _Worker) -> dict[str, Check]:
+        assert isinstance(service, WebhookSender)
+        return {"sender": service.ready}
+
+    await _run_worker(
+        "webhooks", settings, host, port, None, lambda bus: WebhookSender(bus, settings), ready
     )
 
 

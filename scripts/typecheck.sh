@@ -14,5 +14,6 @@ ln -s "$PWD/shared" "$tree/roomcast/shared"
 ln -s "$PWD/services/gateway" "$tree/roomcast/gateway"
 ln -s "$PWD/services/history" "$tree/roomcast/history"
 ln -s "$PWD/services/presence" "$tree/roomcast/presence"
+ln -s "$PWD/services/webhooks" "$tree/roomcast/webhooks"
 cd "$tree"
 "${MYPY:-$root/.venv/bin/mypy}" --config-file "$root/pyproject.toml" --cache-dir "$root/.mypy_cache" -p roomcast

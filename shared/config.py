@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    AnyUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ROOMCAST_"
@@ -92,6 +100,14 @@ class Settings(Limits):
     drain_seconds: float = Field(10.0, ge=0, le=600)
     # how long a username stays reserved for its session after its last connection (2.2)
     name_grace_seconds: float = Field(600.0, ge=0, le=30 * 86400)
+    # sign-in (protocol 2.4): anonymous names and sessions (tokens also taken when a key is
+    # set), or a signed token for every join; tokens verify with the HS256 secret or the keys
+    # at the JWKS URL, and must name the audience and issuer when those are set
+    auth: Literal["anonymous", "token"] = "anonymous"
+    jwt_secret: SecretStr | None = None
+    jwks_url: str | None = None
+    jwt_audience: str | None = Field(None, min_length=1, max_length=1000)
+    jwt_issuer: str | None = Field(None, min_length=1, max_length=1000)
     # handshakes (protocol 2.2): open sockets per client address (0: no limit), the proxies whose
     # forwarded headers are believed, which headers those are, and the browser origins let in
     max_connections_per_ip: int = Field(1000, ge=0, le=10_000_000)
@@ -101,6 +117,16 @@ class Settings(Limits):
     # WebSocket pings; a socket whose peer leaves one unanswered this long is closed
     ping_interval: float = Field(20.0, gt=0, le=3600)
     ping_timeout: float = Field(20.0, gt=0, le=3600)
+
+    # webhooks (protocol 2.4): events are POSTed to this URL, signed with the secret; presence
+    # and history emit only while it is set; roomcast.webhooks.sender retries with backoff
+    webhook_url: AnyHttpUrl | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = Field(10.0, gt=0, le=300)  # seconds per POST
+    webhook_concurrency: int = Field(4, ge=1, le=1000)  # POSTs in flight per sender
+    webhook_retry_first: float = Field(0.5, gt=0, le=3600)  # seconds before the first retry
+    webhook_retry_max: float = Field(60.0, gt=0, le=86400)  # the longest pause between tries
+    webhook_give_up_seconds: float = Field(86400.0, ge=0)  # an event this old is dropped; 0: never
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -118,7 +144,7 @@ class Settings(Limits):
             raise ValueError(f"scheme must be one of {sorted(allowed)}, not {url.scheme!r}")
         return value
 
-    @field_validator("secret")
+    @field_validator("secret", "webhook_secret")
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
@@ -130,6 +156,15 @@ class Settings(Limits):
         if self.secret is not None and self.secret_file is not None:
             raise ValueError(
                 f"{ENV_PREFIX}SECRET and {ENV_PREFIX}SECRET_FILE are both set: keep one"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_retries(self) -> Settings:
+        if self.webhook_retry_first > self.webhook_retry_max:
+            raise ValueError(
+                f"{ENV_PREFIX}WEBHOOK_RETRY_FIRST ({self.webhook_retry_first:g}) is longer than "
+                f"{ENV_PREFIX}WEBHOOK_RETRY_MAX ({self.webhook_retry_max:g})"
             )
         return self
 
@@ -162,6 +197,39 @@ class Settings(Limits):
                 )
             origins.append(origin)
         return tuple(origins)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (HS256 needs a 256-bit key)")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value.strip())
+            _ = parts.port  # raises ValueError for a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be the http(s) URL of a JWKS document, "
+                "e.g. https://login.example.com/.well-known/jwks.json"
+            )
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _token_keys(self) -> Settings:
+        if self.auth == "token" and self.jwt_secret is None and self.jwks_url is None:
+            raise ValueError(
+                f"{ENV_PREFIX}AUTH=token needs {ENV_PREFIX}JWT_SECRET or {ENV_PREFIX}JWKS_URL "
+                "to verify tokens with"
+            )
+        return self
 
     @property
     def gateway_expiry(self) -> float:

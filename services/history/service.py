@@ -29,6 +29,8 @@ from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.store.base import MessageStore, StoreUnavailableError
 from roomcast.shared.topics import Header
+from roomcast.webhooks.emitter import WebhookEmitter
+from roomcast.webhooks.events import message_posted
 
 from . import changes, reads
 
@@ -93,8 +95,17 @@ class WriteBatcher:
 
 
 class HistoryService:
-    def __init__(self, bus: Bus, store: MessageStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: MessageStore,
+        settings: Settings,
+        *,
+        webhooks: WebhookEmitter | None = None,
+    ) -> None:
+        """`webhooks`: where `message.posted` goes, when webhooks are on."""
         self._bus = bus
+        self._webhooks = webhooks
         self._store = store
         self._settings = settings
         self._batcher = WriteBatcher(store)
@@ -133,11 +144,14 @@ class HistoryService:
             raise RejectMessage(f"malformed chat message: {exc}") from exc
         author = message.headers.get(Header.AUTHOR) or None
         try:
-            await self._batcher.add(chat, author)
+            stored = await self._batcher.add(chat, author)
         except StoreUnavailableError:
             log.warning("store unavailable; message requeued", room=chat.room, id=chat.id)
             await asyncio.sleep(_RETRY_DELAY)
             raise
+        if self._webhooks is not None:
+            # before the ack: a failed publish requeues the message, whose write is idempotent
+            await self._webhooks.emit([message_posted(stored)])
 
     async def _request(self, room: str, message: Message) -> None:
         """A query or a change, answered after the writes ahead of it are stored."""

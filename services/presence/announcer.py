@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from roomcast.shared import topics
 from roomcast.shared.bus import Bus
 from roomcast.shared.frames import encode_event
+from roomcast.webhooks.presence import Flip, PresenceWebhooks
 
 from .state import Changes
 
@@ -63,8 +64,13 @@ class _Batch:
 
 
 class Announcer:
-    def __init__(self, bus: Bus, tick: float = TICK_SECONDS) -> None:
+    def __init__(
+        self, bus: Bus, tick: float = TICK_SECONDS, *, webhooks: PresenceWebhooks | None = None
+    ) -> None:
+        """`webhooks` gets each published batch's flips (room occupied/vacated, member
+        joined/left: roomcast.webhooks.presence)."""
         self._bus = bus
+        self._webhooks = webhooks
         self._tick = tick
         self._open: _Batch | None = None
         self._queue: deque[_Batch] = deque()  # closed, not yet published
@@ -146,12 +152,14 @@ class Announcer:
         self._wake.set()
 
     async def _publish(self, batch: _Batch) -> None:
+        flips: list[Flip] = []
         for room, users in batch.rooms.items():
             for username, net in users.items():
                 event = "userJoin" if net.after else "userLeave"
                 if net.before == net.after:
                     EVENTS.labels(event, "coalesced").inc()
                     continue
+                flips.append(Flip(room, username, net.after))
                 frame = encode_event(event, {"username": username, "room": room}, room=room)
                 headers = {topics.Header.ORIGIN: net.origin} if net.after and net.origin else {}
                 try:
@@ -168,3 +176,5 @@ class Announcer:
                     )
                 else:
                     EVENTS.labels(event, "published").inc()
+        if self._webhooks is not None and flips:
+            self._webhooks.changed(flips)

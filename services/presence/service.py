@@ -32,9 +32,12 @@ from roomcast.shared.models import MAIN_ROOM
 from roomcast.shared.names import username_key
 from roomcast.shared.store.base import PrivateRoom, RoomMember, RoomStore, StoreUnavailableError
 from roomcast.shared.tasks import Supervised
+from roomcast.webhooks.emitter import WebhookEmitter
+from roomcast.webhooks.presence import PresenceWebhooks
 
 from .announcer import Announcer
 from .cache import LRU
+from .moderation import RoomModerator
 from .reservations import NameReservations
 from .state import Changes, PresenceState
 
@@ -59,10 +62,11 @@ class PresenceService:
         *,
         restart_delay: float = 0.1,
         give_up_after: int = 10,
+        webhooks: WebhookEmitter | None = None,
     ) -> None:
         """`restart_delay` and `give_up_after` tune the supervision of the background tasks:
         the first pause before a restart, and the failures in a row that make presence
-        unready."""
+        unready. `webhooks`: where room and member events go, when webhooks are on."""
         self._bus = bus
         self._rooms = rooms
         self._settings = settings
@@ -70,8 +74,10 @@ class PresenceService:
         self.state = PresenceState()
         self._private: LRU[str, PrivateRoom] = LRU(PRIVATE_CACHE_CAP)
         self._lock = asyncio.Lock()
-        self.announcer = Announcer(bus)
+        self.webhooks = PresenceWebhooks(webhooks) if webhooks is not None else None
+        self.announcer = Announcer(bus, webhooks=self.webhooks)
         self.names = NameReservations(rooms, settings.name_grace_seconds, wall)
+        self.moderation = RoomModerator(bus, rooms, wall)
         self._announced: asyncio.Future[None] | None = None
         self._last_delivery: float | None = None
         self._consumer: Consumer | None = None
@@ -86,6 +92,9 @@ class PresenceService:
         ]
         self.announcer.on_round = self._tasks[0].ran_well
         self.names.on_round = self._tasks[1].ran_well
+        if self.webhooks is not None:
+            self._tasks.append(supervised("presence-webhooks", self.webhooks.run))
+            self.webhooks.outbox.on_round = self._tasks[-1].ran_well
         self._handlers = {
             "join": self._join,
             "leave": self._leave,
@@ -94,6 +103,8 @@ class PresenceService:
             "users": self._users,
             "heartbeat": self._heartbeat,
             "gone": self._gone,
+            "moderate": self.moderation.moderate,
+            "moderation": self.moderation.query,
         }
 
     async def start(self) -> None:
@@ -176,11 +187,20 @@ class PresenceService:
         private = await self._private_room(req.room)
         if private is not None and not private.admits(req.username, req.session_hash):
             raise rpc.RemoteError("room_private", f"room {req.room!r} is private")
+        moderation = await self.moderation.admit(
+            req.room, req.username, req.session_hash, public=private is None
+        )
         changes = self.state.join(
             req.gateway, req.conn, req.username, req.session_hash, req.room, now
         )
         self._announced = self._apply(changes, barrier=True)
-        return rpc.result({"users": self.state.users(req.room), "private": private is not None})
+        return rpc.result(
+            {
+                "users": self.state.users(req.room),
+                "private": private is not None,
+                "moderation": moderation.model_dump(mode="json"),
+            }
+        )
 
     async def _leave(self, message: Message) -> bytes:
         req = rpc.decode(rpc.LeaveRequest, message)
@@ -237,8 +257,10 @@ class PresenceService:
     async def _users(self, message: Message) -> bytes:
         req = rpc.decode(rpc.UsersRequest, message)
         private = await self._private_room(req.room)
-        allowed = private is None or (
-            req.username is not None and private.admits(req.username, req.session_hash)
+        allowed = (
+            private is None
+            or req.backend
+            or (req.username is not None and private.admits(req.username, req.session_hash))
         )
         users = self.state.users(req.room) if allowed else []
         return rpc.result(rpc.UsersReply(private=private is not None, allowed=allowed, users=users))
@@ -276,6 +298,7 @@ class PresenceService:
     def _forget_caches(self) -> None:
         self._private.clear()
         self.names.forget_cache()
+        self.moderation.forget_cache()
 
     async def _store(self, op: Awaitable[T]) -> T:
         try:
