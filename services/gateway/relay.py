@@ -2,8 +2,9 @@
 text to every local member of the room.
 
 It also drops a chat message that arrives again under an id it has already relayed (a client
-that re-sent after reconnecting to another gateway), remembers recent messages so that a re-send
-on this gateway is acknowledged without being published again, and keeps, per room, the id of
+that re-sent after reconnecting to another gateway, or a retry of a publication the broker did
+not confirm), remembers recent messages so that a re-send on this gateway is acknowledged
+without being published again once it is confirmed, and keeps, per room, the id of
 the last message relayed there: where a repair after lost deliveries starts (`repair.py`).
 """
 
@@ -27,6 +28,10 @@ class Seen:
     frame: str
     relayed: bool  # delivered to this gateway's sockets (False: published here, not back yet)
     origin: str = ""  # the local connection that sent it, if one did
+    # published here and not (yet) confirmed by the broker: no proof that it will be stored, so
+    # a retry publishes this same message again (same stamp, same publication) instead of
+    # acknowledging it, and the relay still delivers it to this gateway's sockets only once
+    pending: bool = False
 
 
 class RecentMessages:
@@ -44,13 +49,6 @@ class RecentMessages:
 
     def get(self, room: str, message_id: str) -> Seen | None:
         return self._items.get((room, message_id))
-
-    def forget(self, room: str, message_id: str, publication: str) -> None:
-        """Drop an unconfirmed publication, so that a retry of the same id is published."""
-        seen = self._items.get((room, message_id))
-        if seen is not None and seen.publication == publication:
-            del self._items[(room, message_id)]
-            self._bytes -= len(seen.frame)
 
     def remember(self, room: str, message_id: str, seen: Seen) -> None:
         old = self._items.pop((room, message_id), None)

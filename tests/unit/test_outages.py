@@ -45,6 +45,22 @@ async def stored_ids(server: Server, room: str) -> list[str]:
     return [m.id for m in await server.messages.newest(room, 1000)]
 
 
+async def alice_and_bob(connect: Any, room: str) -> tuple[ChatClient, ChatClient]:
+    alice: ChatClient = await connect()
+    await alice.join("alice", room)
+    bob: ChatClient = await connect()
+    await bob.join("bob", room)
+    return alice, bob
+
+
+async def unconfirmed(sender: ChatClient, reader: ChatClient, body: str, message_id: str) -> Frame:
+    """Send while history is stopped: refused `unavailable` (no confirm), yet the room has it."""
+    with pytest.raises(RefusedError) as refused:
+        await sender.say("ids", body, id=message_id)
+    assert refused.value.code == "unavailable"
+    return await reader.wait_for(is_chat(body))
+
+
 def forget_recent(gateway: ChatGateway) -> None:
     """What a restarted gateway knows of recent messages: nothing (its relay shares the memory)."""
     assert gateway.relay._recent is gateway.recent, (
@@ -220,31 +236,16 @@ async def test_new_ids_are_accepted_while_history_cannot_judge_them(connect, ser
     assert await stored_ids(server, "ids") == ["alice-0001", "alice-0002", "bob-0001"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: after a publish that was not confirmed (unavailable), chat.py's "
-    "recent.forget() also forgets that the relay already delivered the id to this gateway's "
-    "sockets, so a retry with the same id is delivered to them again; and while id lookups "
-    "are paused (5 s after a failed one) the retry is acked as a newly stamped message, not "
-    "the one stored",
-)
 @pytest.mark.settings(request_timeout=0.5, publish_timeout=1.0)
 async def test_a_retry_of_an_unconfirmed_message_reaches_the_room_once(connect, server):
     """The sender is told `unavailable` when its message is not confirmed in time (in memory:
     history did not store it), but the room may already have it; the client retries with the
     same id, as the protocol's ids are for, and the others must not get it twice."""
     history = server.system.history
-    alice: ChatClient = await connect()
-    await alice.join("alice", "ids")
-    bob: ChatClient = await connect()
-    await bob.join("bob", "ids")
-
+    alice, bob = await alice_and_bob(connect, "ids")
     await history.stop()
     try:
-        with pytest.raises(RefusedError) as first:
-            await alice.say("ids", "once", id="alice-0009")
-        assert first.value.code == "unavailable"
-        await bob.wait_for(is_chat("once"))  # the room had it already
+        await unconfirmed(alice, bob, "once", "alice-0009")  # the room had it already
         with pytest.raises(RefusedError) as second:
             await alice.say("ids", "once", id="alice-0009")
         assert second.value.code == "unavailable"
@@ -258,3 +259,28 @@ async def test_a_retry_of_an_unconfirmed_message_reaches_the_room_once(connect, 
     assert await stored_ids(server, "ids") == ["alice-0009", "alice-0010"]
     stored = await server.messages.get("ids", "alice-0009")
     assert stored is not None and acked == stored.wire()
+
+
+@pytest.mark.settings(request_timeout=0.5, publish_timeout=1.0)
+async def test_an_unconfirmed_id_stays_its_authors_while_history_cannot_judge_it(connect, server):
+    """The gateway's memory of its own unconfirmed publication judges the id while history is
+    down: another user cannot take it, and the author's retry keeps the first stamp and body."""
+    history = server.system.history
+    alice, bob = await alice_and_bob(connect, "ids")
+    await history.stop()
+    try:
+        shown = await unconfirmed(alice, bob, "mine", "alice-0011")
+        with capture_logs() as logs, pytest.raises(RefusedError) as stolen:
+            await bob.say("ids", "stolen", id="alice-0011")
+        assert stolen.value.code == "invalid"
+        assert "alice-0011" in stolen.value.frame["data"]["message"]
+        assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    finally:
+        await history.start()
+    acked = await alice.say("ids", "another body", id="alice-0011")
+    assert acked == shown["data"]  # the first stamp: the message the room already has
+    await bob.say("ids", "fence", id="bob-0012")
+    await alice.wait_for(is_chat("fence"))
+    assert [f["data"]["body"] for f in alice.received("updateChat")] == ["fence"]
+    assert [f["data"]["id"] for f in bob.received("updateChat")] == ["alice-0011"]
+    assert await stored_ids(server, "ids") == ["alice-0011", "bob-0012"]

@@ -4,7 +4,9 @@ A client's own `id` is judged by the store (through history's ordered queue, so 
 published a moment ago counts): a repeat of one's own message is acknowledged as stored, an id
 that belongs to someone else's message is refused, on every gateway and after any restart.
 While history does not answer, ids are not judged (`HistoryClient.lookup`), so chat goes on.
-The ack is sent once the broker has confirmed the publication.
+The ack is sent once the broker has confirmed the publication; a retry of a message this gateway
+published without a confirm publishes that same message again (its first stamp), so the room
+sees it once and the ack is the message the store keeps.
 """
 
 from __future__ import annotations
@@ -33,12 +35,20 @@ if TYPE_CHECKING:
 async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str, object]:
     joined(gw, conn, data.room, "writing")
     own(conn, data.username)
+    await gw.moderation.refuse_muted(conn, data.room)
     if data.id is not None:
-        stored = await _stored(gw, data.room, data.id)
+        seen = gw.recent.get(data.room, data.id)
+        stored = await _stored(gw, data.room, data.id, seen)
         if stored is not None:
-            if stored.get("username") != data.username:
-                raise ProtocolError("invalid", f"id {data.id!r} belongs to another message")
+            _check_author(stored, data)
             return stored
+        if seen is not None:  # published here, never confirmed: the same message once more
+            payload = _data(seen)
+            _check_author(payload, data)
+            within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
+            seen.origin = conn.id
+            await _publish(gw, conn, data.room, data.id, seen)
+            return payload
     within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
     message = ChatMessage(
         id=data.id or uuid.uuid4().hex,
@@ -50,34 +60,54 @@ async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str,
     )
     payload = message.wire()
     frame = event_frame("updateChat", payload, room=data.room)
-    publication = uuid.uuid4().hex[:16]
-    gw.recent.remember(data.room, message.id, Seen(publication, frame, False, conn.id))
+    seen = Seen(uuid.uuid4().hex[:16], frame, relayed=False, origin=conn.id, pending=True)
+    gw.recent.remember(data.room, message.id, seen)
+    await _publish(gw, conn, data.room, message.id, seen)
+    return payload
+
+
+async def _publish(
+    gw: ChatGateway, conn: Connection, room: str, message_id: str, seen: Seen
+) -> None:
+    """Publish and wait for the broker's confirm. Unconfirmed, the message stays `pending` in
+    memory: the room may have it already, so a retry sends this same publication again, which
+    the relays (here and elsewhere) drop where it was delivered."""
     try:
         async with asyncio.timeout(gw.settings.publish_timeout):
             await gw.bus.publish(
-                topics.room_event(data.room, "updateChat"),
-                frame.encode(),
+                topics.room_event(room, "updateChat"),
+                seen.frame.encode(),
                 headers={
                     Header.ORIGIN: conn.id,
-                    Header.MESSAGE_ID: message.id,
-                    Header.PUBLICATION: publication,
+                    Header.MESSAGE_ID: message_id,
+                    Header.PUBLICATION: seen.publication,
                     Header.SENT_AT: f"{time.time():.6f}",
                     Header.AUTHOR: conn.session_hash or "",
                 },
                 persistent=True,
             )
     except (BusUnavailableError, TimeoutError) as exc:
-        gw.recent.forget(data.room, message.id, publication)
         raise BusUnavailableError("message not confirmed by the broker") from exc
-    return payload
+    seen.pending = False
 
 
-async def _stored(gw: ChatGateway, room: str, message_id: str) -> dict[str, object] | None:
-    """The message already known under this id: from this gateway's memory, else the store."""
-    seen = gw.recent.get(room, message_id)
-    if seen is not None:
-        data: dict[str, object] = orjson.loads(seen.frame)["data"]
-        return data
+def _check_author(message: dict[str, object], data: ChatData) -> None:
+    if message.get("username") != data.username:
+        raise ProtocolError("invalid", f"id {data.id!r} belongs to another message")
+
+
+def _data(seen: Seen) -> dict[str, object]:
+    data: dict[str, object] = orjson.loads(seen.frame)["data"]
+    return data
+
+
+async def _stored(
+    gw: ChatGateway, room: str, message_id: str, seen: Seen | None
+) -> dict[str, object] | None:
+    """The message known under this id: from this gateway's memory when the broker confirmed
+    it (or delivered it from elsewhere), else from the store."""
+    if seen is not None and not seen.pending:
+        return _data(seen)
     try:
         stored = await gw.history.lookup(room, message_id)
     except BusUnavailableError:
