@@ -6,9 +6,12 @@ members. Every error is `{"code", "message"}` with the WebSocket protocol's code
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated, Literal, NotRequired, cast
+
+from pydantic import BaseModel, Field, PlainSerializer
 from quart import Blueprint, current_app, request
 from quart_schema import document_headers, validate_querystring, validate_response
+from typing_extensions import TypedDict  # pydantic needs it, not typing.TypedDict, on 3.11
 
 from roomcast.shared import rpc
 from roomcast.shared.models import ChatMessage, is_valid_name
@@ -25,8 +28,30 @@ class MessagesQuery(BaseModel):
     before: str | None = Field(None, max_length=128, description="Page back from this message id.")
 
 
+class WireMessage(TypedDict):
+    """A message in its current state as every client gets it (`ChatMessage.wire()`, PROTOCOL.md
+    2.3): the optional fields are left out when unset, never null; a tombstone keeps its place
+    with `deleted` and an empty body."""
+
+    id: str
+    username: str
+    body: str
+    time: int
+    room: str
+    rev: Annotated[int, Field(description="The room's rev of the message's last change.")]
+    edited: NotRequired[Annotated[int, Field(description="Time of the last edit (ms).")]]
+    deleted: NotRequired[Annotated[Literal[True], Field(description='A tombstone: body "".')]]
+    reactions: NotRequired[
+        Annotated[dict[str, list[str]], Field(description="Emoji to the sorted usernames.")]
+    ]
+
+
+def _wire(message: ChatMessage) -> WireMessage:
+    return cast(WireMessage, message.wire())
+
+
 class MessagesPage(BaseModel):
-    messages: list[ChatMessage]
+    messages: list[Annotated[ChatMessage, PlainSerializer(_wire, return_type=WireMessage)]]
 
 
 class UsersPage(BaseModel):

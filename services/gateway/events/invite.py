@@ -16,6 +16,12 @@ async def handle(gw: ChatGateway, conn: Connection, data: NewRoomData) -> dict[s
     joined(gw, conn, data.room, "inviting")
     within(conn.limiters.invites, gw.settings.invite_per_second, "invitations")
     assert conn.username is not None and conn.session_hash is not None  # set by its first join
-    return await gw.presence.invite(
+    result = await gw.presence.invite(
         conn.id, conn.username, conn.session_hash, data.username2, data.room
     )
+    # The room is private from now on: the inviter's members joined it while it was public
+    # (seen receipts, PROTOCOL.md 2.3, go only to private rooms).
+    for member in gw.membership.members(data.room):
+        if member.conn.username == conn.username:
+            member.private = True
+    return result
