@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from roomcast.shared.auth import Identity
+
 from .metrics import FRAMES_OUT, SLOW_CLOSES
 from .ratelimit import TokenBucket
 
@@ -29,6 +31,7 @@ Send = Callable[[str], Awaitable[None]]
 Close = Callable[[int], Awaitable[None]]
 Receive = Callable[[], Awaitable[str | bytes]]
 TextHandler = Callable[["Connection", str | bytes], Awaitable[None]]
+Expiry = Callable[["Connection"], None]
 
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
@@ -109,6 +112,8 @@ class Connection:
         self.username: str | None = None
         self.session: str | None = None
         self.session_hash: str | None = None
+        self.identity: Identity | None = None  # signed in by a token (2.4)
+        self._deadline: asyncio.TimerHandle | None = None
         self.limiters = limiters
         self._send = send
         self._close = close
@@ -120,6 +125,7 @@ class Connection:
         self._queued_bytes = 0
         self._ready = asyncio.Event()
         self._close_code: int | None = None
+        self._last_code: int | None = None  # close with it once the queue is written
         self._writer: asyncio.Task[None] | None = None
 
     # outgoing -------------------------------------------------------------------------------
@@ -156,6 +162,21 @@ class Connection:
         self._queued_bytes = 0
         self.close_soon(CLOSE_TRY_LATER)
 
+    def finish(self, frame: str, event: str, code: int) -> None:
+        """Send one last event, then close with `code`."""
+        self.push(frame, event)
+        self._last_code = code
+        self._ready.set()
+
+    def sign_in(self, identity: Identity, on_expiry: Expiry, wall: Callable[[], float]) -> None:
+        """Hold the identity until its token expires, then call `on_expiry`; signing in again
+        (a refreshed token) moves the deadline. One timer handle per signed-in socket."""
+        self.identity = identity
+        if self._deadline is not None:
+            self._deadline.cancel()
+        delay = max(0.0, identity.exp - wall())
+        self._deadline = asyncio.get_running_loop().call_later(delay, on_expiry, self)
+
     @property
     def is_closing(self) -> bool:
         return self._close_code is not None
@@ -178,6 +199,8 @@ class Connection:
         finally:
             for task in tasks:
                 task.cancel()
+            if self._deadline is not None:
+                self._deadline.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._close_code is not None:
             with contextlib.suppress(Exception):
@@ -226,3 +249,6 @@ class Connection:
                     self._queued_bytes -= frame_size
                     _count_out(event)
                     await self._send(frame)
+            if self._last_code is not None:
+                self._close_code = self._last_code  # serve() sees the writer end, and closes
+                return

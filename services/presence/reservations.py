@@ -8,6 +8,9 @@ the order they were made (a store outage delays them, and the newest per key win
 cache lacks is read from the store: a replica that takes over (or restarts) sees what the
 previous one reserved. Reads that fail let the join through, logged: the store being down
 must not stop the chat, and the live-name check still holds.
+
+A name a token subject used (2.4) is kept for that subject for `SUBJECT_HOLD_SECONDS` after its
+last connection, whatever the grace period: no anonymous user can take a signed-in user's name.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable
 import structlog
 from prometheus_client import Counter
 
+from roomcast.shared.auth import is_subject_key
 from roomcast.shared.store.base import NameReservation, RoomStore, StoreUnavailableError
 
 from .cache import LRU
@@ -33,6 +37,17 @@ RESERVATIONS = Counter(
 CACHE_CAP = 10_000
 PENDING_CAP = 10_000
 RETRY_SECONDS = 1.0
+SUBJECT_HOLD_SECONDS = 365 * 86400.0  # a signed-in user's name, after its last connection
+
+
+def refusal(reservation: NameReservation) -> str:
+    """Why a join under a reserved name is refused, in the client's words."""
+    if is_subject_key(reservation.session_hash):
+        return f"username {reservation.username!r} belongs to a signed-in user"
+    return (
+        f"username {reservation.username!r} is kept for the user who had it until they come "
+        "back (or for a few minutes)"
+    )
 
 
 class NameReservations:
@@ -69,10 +84,12 @@ class NameReservations:
         return cached if cached is not None and cached.holds(now) else None
 
     def reserve(self, key: str, username: str, session_hash: str) -> None:
-        """Keep the name for its session from now on, for the grace period."""
-        if self._grace <= 0:
+        """Keep the name for its session from now on, for the grace period (a token subject's:
+        for `SUBJECT_HOLD_SECONDS`)."""
+        hold = SUBJECT_HOLD_SECONDS if is_subject_key(session_hash) else self._grace
+        if hold <= 0:
             return
-        reservation = NameReservation(key, username, session_hash, self._wall() + self._grace)
+        reservation = NameReservation(key, username, session_hash, self._wall() + hold)
         self._cache.put(key, reservation)
         self._pending.pop(key, None)
         self._pending[key] = reservation
