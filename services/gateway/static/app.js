@@ -1,7 +1,10 @@
 // Wiring: identity (localStorage), the connection, the join sequence and recovery after a
 // reconnect, the outbox of unacknowledged messages, typing, invitations and history paging.
+// Changing messages is changes.js's, read state reading.js's.
 import { Connection } from "./connection.js";
 import { fetchMessages } from "./api.js";
+import { messageChanges } from "./changes.js";
+import { readState } from "./reading.js";
 import { MAIN, Store } from "./store.js";
 import { View } from "./view.js";
 import { checkBody, clientId, dmRoomName, errorText, isClientId, isValidRoom, normalName, usernameProblem } from "./format.js";
@@ -114,6 +117,7 @@ function scheduleRender() {
     renderQueued = false;
     if (document.body.classList.contains("in-chat")) {
       view.render(store, store.takeDirty());
+      reading.viewed();
       maybeFillViewport();
       trimRooms();
     }
@@ -144,6 +148,7 @@ function setUrl(room) {
 }
 
 function switchTo(room) {
+  if (room !== store.current) view.tools.endEdit();
   store.setCurrent(room);
   setUrl(room);
   view.setComposerError(null);
@@ -237,12 +242,17 @@ async function joinAll(gen) {
 async function joinRoom(name, gen = conn?.generation) {
   if (!conn?.isOpen) throw Object.assign(new Error("not connected"), { code: "offline" });
   const room = store.ensureRoom(name);
-  const since = room.historyLoaded ? store.lastConfirmedId(name) : null;
+  // Recovery: every message new or changed after the highest rev held (2.3), else after the
+  // newest message held (a server without revs).
+  const sinceRev = room.historyLoaded ? store.maxRev(name) : 0;
+  const since = room.historyLoaded && !sinceRev ? store.lastConfirmedId(name) : null;
+  const recovering = Boolean(sinceRev || since);
   const data = { username: store.me, room: name };
   if (identity?.session) data.session = identity.session;
-  if (since) data.since = since;
+  if (sinceRev) data.sinceRev = sinceRev;
+  else if (since) data.since = since;
   let historySeen;
-  room.recovery = since ? { since, history: new Promise((resolve) => { historySeen = resolve; }), resolve: null } : null;
+  room.recovery = recovering ? { history: new Promise((resolve) => { historySeen = resolve; }), resolve: null } : null;
   if (room.recovery) room.recovery.resolve = historySeen;
   room.joining = true;
   let ack;
@@ -269,7 +279,8 @@ async function joinRoom(name, gen = conn?.generation) {
     saveIdentity();
   }
   room.joinedGen = gen;
-  if (since && ack.recovered === false) bridgeGap(name, room.recovery, gen);
+  reading.joined(name, ack);
+  if (recovering && ack.recovered === false) bridgeGap(name, room.recovery, gen);
   flushOutbox();
   return ack;
 }
@@ -343,7 +354,7 @@ function joinFailed(name, err, gen) {
 }
 
 /**
- * A rejoin whose `since` could not be fully recovered (too many missed, or `since` unknown):
+ * A rejoin whose `sinceRev` (or `since`) could not be fully recovered (too many missed, or `since` unknown):
  * page back over HTTP from the first recovered message until we meet what we already hold.
  * If that is too far, drop what is before the gap; scrolling up pages back through it in order.
  */
@@ -415,6 +426,14 @@ function onEvent(msg) {
       if (result === "added" && roomName === store.current && data.username !== store.me) view.announceMessage(data);
       return;
     }
+    case "editChat":
+    case "deleteChat":
+    case "react":
+      store.applyChange(roomName, data);
+      return;
+    case "readMarker":
+      reading.marker(roomName, data);
+      return;
     case "newRoom":
       invited(data);
       return;
@@ -559,6 +578,10 @@ const handlers = {
   },
 
   send(text) {
+    if (view.tools.editing) {
+      changes.submitEdit(text); // the composer keeps the text until the edit is saved
+      return false;
+    }
     const { body, problem } = checkBody(text);
     if (problem === "empty") return false;
     if (problem) {
@@ -665,9 +688,16 @@ const handlers = {
     store.discard(room, id);
   },
 
+  edit: (room, id) => changes.edit(room, id),
+  editLast: () => changes.editLast(),
+  cancelEdit: () => changes.cancelEdit(),
+  delete: (room, id) => changes.delete(room, id),
+  react: (room, id, detail) => changes.react(room, id, detail),
+
   switchName() {
     const unsent = store.unsent().length;
     if (unsent && !window.confirm(`${unsent} message(s) not sent yet will be lost. Switch name anyway?`)) return;
+    view.tools.endEdit();
     endSession();
     clearIdentity();
     identity = null;
@@ -701,6 +731,8 @@ function loginIntro() {
 // ---- start -------------------------------------------------------------------------------------
 
 const view = new View(handlers);
+const changes = messageChanges({ store: () => store, conn: () => conn, view });
+const reading = readState({ store: () => store, conn: () => conn });
 
 setInterval(() => store.pruneTyping(), 1000);
 
@@ -709,6 +741,7 @@ document.addEventListener("visibilitychange", () => {
     store.hiddenNew = 0;
     store.touch("rooms");
   }
+  if (!document.hidden) reading.viewed();
 });
 
 window.addEventListener("pagehide", () => {

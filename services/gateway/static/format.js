@@ -180,6 +180,10 @@ export function errorText(code, message, ctx = {}) {
       return `${ctx.username ?? "That person"} is offline right now. Try again when they are back.`;
     case "not_joined":
       return `You're not in ${room} any more; rejoining…`;
+    case "not_found":
+      return "That message is no longer there.";
+    case "forbidden":
+      return "You can only change your own messages.";
     case "invalid":
       return message ? `The server refused that: ${message}` : "The server refused that as invalid.";
     case "unavailable":

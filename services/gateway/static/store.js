@@ -1,6 +1,8 @@
-// Client state: the rooms this page has joined, each room's timeline (deduplicated by message id),
-// active users, who is typing, unread counts, and the outbox of messages not yet acknowledged.
+// Client state: the rooms this page has joined, each room's timeline (deduplicated by message id,
+// each copy replaced by a newer state of its message), active users, who is typing, read state
+// and unread counts, and the outbox of messages not yet acknowledged.
 // No DOM and no network here: app.js feeds events in, view.js reads the state out.
+import { messageItem, newerState, revOf, takeState, validMessage } from "./message.js";
 
 export const MAIN = "main";
 
@@ -15,6 +17,10 @@ function newRoom(name) {
     users: [],
     typing: new Map(), // username -> expiry (ms, local clock)
     unread: 0,
+    lastRead: null, // the user's read marker in the room (a message id), as the server keeps it
+    newLineAfter: undefined, // where the "new messages" line goes: after this id, null = at the top
+    seen: new Map(), // private rooms: the other member -> the last message id they read
+    maxRev: 0, // the highest rev of this room held, for recovery with sinceRev
     historyLoaded: false,
     hasMore: null, // null: unknown yet, true: older pages may exist, false: reached the beginning
     loadingOlder: false,
@@ -95,8 +101,12 @@ export class Store {
   setCurrent(name) {
     const room = this.ensureRoom(name);
     const changed = this.current !== name;
+    const left = this.rooms.get(this.current);
+    if (changed && left) left.newLineAfter = undefined;
     this.current = name;
     if (room.unread) {
+      // The line marks where the reader left off; it stays until they look elsewhere.
+      if (room.lastRead) room.newLineAfter = room.lastRead;
       room.unread = 0;
       this.touch("rooms");
     }
@@ -127,25 +137,27 @@ export class Store {
 
   /**
    * A message object from the server (live updateChat, msgHistory, an ack, an HTTP page).
-   * Returns "added", "confirmed" (it matched one of our pending sends) or "duplicate".
+   * Returns "added", "confirmed" (it matched one of our pending sends), "changed" (a later
+   * state of a message we hold: its copy is replaced) or "duplicate".
    */
   addServerMessage(roomName, msg, { countUnread = true } = {}) {
     const room = this.rooms.get(roomName);
     if (!room || !validMessage(msg)) return "duplicate";
+    this._noteRev(room, msg);
     const existing = room.byKey.get(`m:${msg.id}`);
     if (existing) {
       if (isOutgoing(existing)) {
         this._removeItem(room, existing);
-        Object.assign(existing, { body: msg.body, time: msg.time, username: msg.username, status: "sent", error: null });
-        existing.rev += 1;
+        Object.assign(existing, { time: msg.time, username: msg.username, status: "sent", error: null });
+        takeState(existing, msg);
         this._insertConfirmed(room, existing);
         this.touch("messages", roomName);
         this.touch("outbox");
         return "confirmed";
       }
-      return "duplicate";
+      return this.applyChange(roomName, msg) ? "changed" : "duplicate";
     }
-    const item = { kind: "msg", key: `m:${msg.id}`, id: msg.id, username: msg.username, body: msg.body, time: msg.time, room: roomName, status: "sent", error: null, rev: 0 };
+    const item = messageItem(roomName, msg);
     this._insertConfirmed(room, item);
     if (countUnread && msg.username !== this.me) {
       if (roomName !== this.current) {
@@ -161,12 +173,44 @@ export class Store {
     return "added";
   }
 
-  /** msgHistory: the first for a room is its initial page; later ones (rejoin with since) are recovery. */
+  /**
+   * A message edited, deleted or reacted to (live, or recovered with sinceRev): replaces our
+   * copy by id when it is a later state. A message we do not hold is not added (it is older
+   * than what we keep; paging back brings it in its current state). True when applied.
+   */
+  applyChange(roomName, msg) {
+    const room = this.rooms.get(roomName);
+    if (!room || !validMessage(msg)) return false;
+    this._noteRev(room, msg);
+    const item = room.byKey.get(`m:${msg.id}`);
+    if (!item || isOutgoing(item) || !newerState(item, msg)) return false;
+    takeState(item, msg);
+    this.touch("messages", roomName);
+    return true;
+  }
+
+  /** The highest rev held in the room: a rejoin asks for every change after it. */
+  maxRev(roomName) {
+    return this.rooms.get(roomName)?.maxRev || 0;
+  }
+
+  /**
+   * msgHistory: the first for a room is its initial page; later ones (a rejoin with sinceRev or
+   * since) are recovery: new messages and later states of changed ones, by rev. A changed
+   * message older than the oldest we hold is left for paging back, so no hole opens above.
+   */
   applyHistory(roomName, msgs) {
     const room = this.rooms.get(roomName);
     if (!room || !Array.isArray(msgs)) return [];
     const recovering = room.historyLoaded;
-    const results = msgs.map((m) => this.addServerMessage(roomName, m, { countUnread: recovering }));
+    const oldest = recovering && room.hasMore !== false ? this._oldestConfirmedTime(room) : null;
+    const results = msgs.map((m) => {
+      if (oldest !== null && validMessage(m) && m.time < oldest && !room.byKey.has(`m:${m.id}`)) {
+        this._noteRev(room, m);
+        return "duplicate";
+      }
+      return this.addServerMessage(roomName, m, { countUnread: recovering });
+    });
     if (!room.historyLoaded) {
       room.historyLoaded = true;
       room.hasMore = msgs.length > 0 ? true : false;
@@ -179,8 +223,9 @@ export class Store {
   prependOlder(roomName, msgs, limit) {
     const room = this.rooms.get(roomName);
     if (!room) return 0;
-    const fresh = msgs.filter((m) => validMessage(m) && !room.byKey.has(`m:${m.id}`));
-    const items = fresh.map((m) => ({ kind: "msg", key: `m:${m.id}`, id: m.id, username: m.username, body: m.body, time: m.time, room: roomName, status: "sent", error: null, rev: 0 }));
+    const valid = msgs.filter(validMessage);
+    for (const m of valid) if (room.byKey.has(`m:${m.id}`)) this.applyChange(roomName, m);
+    const items = valid.filter((m) => !room.byKey.has(`m:${m.id}`)).map((m) => messageItem(roomName, m));
     room.items.unshift(...items);
     for (const item of items) room.byKey.set(item.key, item);
     room.hasMore = msgs.length >= limit;
@@ -196,12 +241,12 @@ export class Store {
     let at = anchor ? room.items.indexOf(anchor) : -1;
     let added = 0;
     for (const m of msgs) {
-      if (!validMessage(m) || room.byKey.has(`m:${m.id}`)) continue;
-      if (at < 0) {
+      if (!validMessage(m)) continue;
+      if (at < 0 || room.byKey.has(`m:${m.id}`)) {
         this.addServerMessage(roomName, m);
         continue;
       }
-      const item = { kind: "msg", key: `m:${m.id}`, id: m.id, username: m.username, body: m.body, time: m.time, room: roomName, status: "sent", error: null, rev: 0 };
+      const item = messageItem(roomName, m);
       room.items.splice(at, 0, item);
       room.byKey.set(item.key, item);
       at += 1;
@@ -264,9 +309,70 @@ export class Store {
     return null;
   }
 
+  /** Our own newest message in the room that can still be edited (Up arrow in an empty box). */
+  lastOwnEditable(roomName) {
+    const room = this.rooms.get(roomName);
+    if (!room) return null;
+    for (let i = room.items.length - 1; i >= 0; i -= 1) {
+      const item = room.items[i];
+      if (isMsg(item) && item.status === "sent" && item.username === this.me && !item.deleted) return item;
+    }
+    return null;
+  }
+
+  message(roomName, id) {
+    const item = this.rooms.get(roomName)?.byKey.get(`m:${id}`);
+    return item && isMsg(item) ? item : null;
+  }
+
   hasMessage(roomName, id) {
     const item = this.rooms.get(roomName)?.byKey.get(`m:${id}`);
     return Boolean(item && item.status === "sent");
+  }
+
+  // ---- read state (PROTOCOL.md 2.3) ------------------------------------------------------------
+
+  /**
+   * A join ack's `lastRead` and `unread`. A room in view counts nothing (it is being read), but
+   * shows the "new messages" line where the reader left off, the first time it is known.
+   */
+  setReadState(roomName, { lastRead, unread }) {
+    const room = this.rooms.get(roomName);
+    if (!room) return;
+    room.lastRead = typeof lastRead === "string" ? lastRead : null;
+    const count = Number.isSafeInteger(unread) && unread > 0 ? unread : 0;
+    if (roomName === this.current) {
+      if (count && room.lastRead && room.newLineAfter === undefined) room.newLineAfter = room.lastRead;
+      this.touch("messages", roomName);
+    } else {
+      room.unread = count;
+    }
+    this.touch("rooms");
+  }
+
+  /**
+   * The user's marker moved (our markRead's ack, or readMarker from another tab of the same
+   * user). `unread` when the server said it; else counted from what we hold after the marker.
+   */
+  markedRead(roomName, id, unread) {
+    const room = this.rooms.get(roomName);
+    if (!room || typeof id !== "string") return;
+    room.lastRead = id;
+    if (roomName !== this.current) {
+      const count = Number.isSafeInteger(unread) ? unread : this._unreadAfter(room, id);
+      if (count !== null && count !== room.unread) {
+        room.unread = count;
+        this.touch("rooms");
+      }
+    }
+  }
+
+  /** A seen receipt in a private room: `username` has read up to message `id`. */
+  seenBy(roomName, username, id) {
+    const room = this.rooms.get(roomName);
+    if (!room || typeof username !== "string" || typeof id !== "string" || username === this.me) return;
+    room.seen.set(username, id);
+    this.touch("messages", roomName);
   }
 
   // ---- the outbox: our own messages until the server acknowledges them -----------------------
@@ -408,6 +514,23 @@ export class Store {
 
   // ---- internals -----------------------------------------------------------------------------
 
+  _noteRev(room, msg) {
+    const rev = revOf(msg);
+    if (rev > room.maxRev) room.maxRev = rev;
+  }
+
+  _oldestConfirmedTime(room) {
+    for (const item of room.items) if (isMsg(item) && item.status === "sent") return item.time;
+    return null;
+  }
+
+  /** Messages by others after message `id`, or null when we do not hold `id`. */
+  _unreadAfter(room, id) {
+    const at = room.items.findIndex((item) => item.key === `m:${id}`);
+    if (at < 0) return null;
+    return room.items.slice(at + 1).filter((item) => isMsg(item) && item.status === "sent" && item.username !== this.me).length;
+  }
+
   _removeItem(room, item) {
     const at = room.items.indexOf(item);
     if (at >= 0) room.items.splice(at, 1);
@@ -429,6 +552,3 @@ export class Store {
   }
 }
 
-function validMessage(m) {
-  return m && typeof m === "object" && typeof m.id === "string" && m.id && typeof m.username === "string" && typeof m.body === "string" && typeof m.time === "number";
-}

@@ -2,22 +2,11 @@
 // set with the DOM API): nothing is ever parsed as HTML. Styling is by class only (the page runs
 // under a Content-Security-Policy without 'unsafe-inline').
 import { MAIN } from "./store.js";
-import { formatTime, hueFor, initialOf, linkify, safeHttpUrl, typingText, LIMITS, charCount } from "./format.js";
+import { formatTime, hueFor, initialOf, safeHttpUrl, typingText, LIMITS, charCount } from "./format.js";
+import { decorate, h, renderMessage, undecorate } from "./message-view.js";
+import { MessageTools } from "./message-tools.js";
 
 const $ = (id) => document.getElementById(id);
-
-function h(tag, props = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") el.className = value;
-    else if (key === "text") el.textContent = value;
-    else if (key === "dataset") Object.assign(el.dataset, value);
-    else el.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children) if (child !== null && child !== undefined) el.append(child);
-  return el;
-}
 
 function avatar(name, extra = "") {
   // The initial is drawn by CSS from data-initial, so it is not part of any element's text.
@@ -37,8 +26,9 @@ export class View {
       "conn-banner", "conn-banner-text", "conn-countdown", "reconnect-now", "sidebar", "scrim", "room-list", "user-list", "users-empty", "user-count",
       "room", "room-title", "room-sub", "leave-room", "scroller", "load-older", "history-status", "empty",
       "messages", "jump", "jump-text", "typing", "composer", "message-input", "send", "composer-error", "char-count",
-      "notices", "announcer",
+      "notices", "announcer", "edit-bar", "edit-cancel", "confirm-delete", "confirm-delete-text", "reaction-picker",
     ]) this.el[id] = $(id);
+    this.tools = new MessageTools(this.el, handlers, { boxChanged: () => { this._autosize(); this._updateCount(); } });
     this.msgEls = new Map(); // item key -> {el, rev, cont}
     this.renderedRoom = null;
     this.newBelow = 0;
@@ -71,6 +61,11 @@ export class View {
         this._send();
       } else if (e.key === "Escape" && this.isDrawerOpen()) {
         this.setDrawer(false);
+      } else if (e.key === "Escape" && this.tools.editing) {
+        e.preventDefault();
+        handlers.cancelEdit();
+      } else if (e.key === "ArrowUp" && !box.value && !e.shiftKey && !e.altKey && !e.ctrlKey && !e.metaKey) {
+        if (handlers.editLast()) e.preventDefault();
       }
     });
     box.addEventListener("input", () => {
@@ -103,10 +98,10 @@ export class View {
         return;
       }
       const action = e.target.closest("button[data-action]");
-      if (action) {
-        const li = action.closest("li[data-id]");
-        if (li) handlers[action.dataset.action]?.(li.dataset.room, li.dataset.id);
-      }
+      const li = action?.closest("li[data-id]");
+      if (!li) return;
+      if (action.dataset.action === "pick") this.tools.openPicker(action, li.dataset.room, li.dataset.id);
+      else handlers[action.dataset.action]?.(li.dataset.room, li.dataset.id, action.dataset);
     });
     el["load-older"].addEventListener("click", () => handlers.loadOlder());
     el["leave-room"].addEventListener("click", () => handlers.leaveRoom());
@@ -479,6 +474,7 @@ export class View {
       this.renderedRoom = room.name;
       this._setNewBelow(0);
     }
+    undecorate(list);
     const wasNearBottom = switched || this.forceBottom || this.stick || this._isNearBottom();
     const prevHeight = scroller.scrollHeight;
     const prevTop = scroller.scrollTop;
@@ -500,10 +496,11 @@ export class View {
         if (entry && entry.el.isConnected) {
           if (cursor === entry.el) cursor = fresh;
           entry.el.replaceWith(fresh);
+        } else if (!switched && item.kind === "msg" && item.username !== store.me) {
+          appended += 1; // new, not a message that changed
         }
         entry = { el: fresh, rev: item.rev, item, cont: null };
         this.msgEls.set(item.key, entry);
-        if (!switched && item.kind === "msg" && item.username !== store.me) appended += 1;
       }
       if (entry.cont !== cont) {
         entry.el.classList.toggle("cont", cont);
@@ -522,6 +519,7 @@ export class View {
       cursor = next;
     }
     for (const key of this.msgEls.keys()) if (!seen.has(key)) this.msgEls.delete(key);
+    decorate(list, room, store.me, (key) => this.msgEls.get(key)?.el);
 
     // History framing above the list.
     const hasItems = room.items.length > 0;
@@ -554,32 +552,7 @@ export class View {
 
   _renderItem(store, item) {
     if (item.kind === "invite") return this._renderInvite(item);
-    const mine = item.username === store.me;
-    const time = formatTime(item.time);
-    const classes = ["msg"];
-    if (mine) classes.push("mine");
-    if (item.status === "pending") classes.push("is-pending");
-    if (item.status === "failed") classes.push("is-failed");
-    const li = h("li", { class: classes.join(" "), dataset: { id: item.id, room: item.room } });
-    const body = h("p", { class: "msg-body" });
-    for (const part of linkify(item.body)) {
-      if (part.href) body.append(h("a", { href: part.href, target: "_blank", rel: "noopener noreferrer nofollow", text: part.text }));
-      else body.append(document.createTextNode(part.text));
-    }
-    const meta = h("div", { class: "msg-meta" },
-      h("span", { class: "msg-author", text: item.username }),
-      document.createTextNode(" "),
-      h("time", { class: "msg-time", datetime: time.iso, title: time.full, text: time.label }));
-    if (item.status === "pending") meta.append(h("span", { class: "msg-status", text: "Sending…" }));
-    if (item.status === "failed") meta.append(h("span", { class: "msg-status", text: `Not sent${item.error ? `: ${item.error}` : ""}` }));
-    const main = h("div", { class: "msg-main" }, meta, body);
-    if (item.status === "failed") {
-      main.append(h("div", { class: "msg-actions" },
-        h("button", { type: "button", class: "btn btn-sm", dataset: { action: "retry" }, text: "Retry" }),
-        h("button", { type: "button", class: "btn btn-sm btn-ghost", dataset: { action: "discard" }, text: "Delete" })));
-    }
-    li.append(avatar(item.username), main);
-    return li;
+    return renderMessage(item, store.me, avatar);
   }
 
   _renderInvite(item) {
