@@ -36,6 +36,7 @@ class Member:
     held: list[Held] | None = field(default_factory=list)  # None once live
     admitted: bool = False  # presence counts it
     private: bool = False  # the room is private to two users
+    ack: dict[str, object] | None = None  # the first join's ack data, which a repeat repeats
 
     def deliver(self, frame: str, event: str, message_id: str | None, size: int) -> None:
         held = self.held

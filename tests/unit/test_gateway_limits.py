@@ -238,16 +238,63 @@ async def test_a_repeated_join_is_acked_already_and_changes_nothing(connect):
     assert [f["data"]["username"] for f in alice.received("userJoin", "room1")] == ["bob"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a repeated userJoin acks only {room, session, already}; the first ack's "
-    "lastRead and unread (2.3) are missing, while 2.1 says 'the same ack data plus already'",
-)
 async def test_a_repeated_join_acks_the_same_data_plus_already(connect):
     alice = await connect()
     first = await alice.join("alice", "room1")
     again = await alice.request("userJoin", {"username": "alice", "room": "room1"})
     assert again == {**first, "already": True}
+
+
+async def test_a_repeated_join_acks_the_read_state_as_it_is_now(connect):
+    alice = await connect()
+    first = await alice.join("alice", "room1")
+    assert (first["lastRead"], first["unread"]) == (None, 0)
+    bob = await joined(connect, "bob", "room1")
+    await bob.say("room1", "one", id="bob-read-1")
+    await bob.say("room1", "two", id="bob-read-2")
+    await alice.wait_for(is_chat("two"))
+    again = await alice.request("userJoin", {"username": "alice", "room": "room1"})
+    assert again == {**first, "unread": 2, "already": True}
+
+    await alice.request("markRead", {"room": "room1", "id": "bob-read-1"})
+    again = await alice.request("userJoin", {"username": "alice", "room": "room1"})
+    assert again == {**first, "lastRead": "bob-read-1", "unread": 1, "already": True}
+    assert len(alice.received("msgHistory")) == len(alice.received("activeUsers")) == 1
+
+
+@pytest.mark.settings(request_timeout=0.5)
+async def test_a_repeated_join_while_history_is_down_repeats_the_first_ack(connect, server):
+    alice = await connect()
+    first = await alice.join("alice", "room1")
+    await server.system.history.stop()
+    try:
+        with capture_logs() as logs:
+            again = await alice.request("userJoin", {"username": "alice", "room": "room1"})
+        assert again == {**first, "already": True}
+        lines = [e for e in logs if e["event"] == "read state of a repeated join not refreshed"]
+        assert len(lines) == 1 and lines[0]["log_level"] == "info", logs
+        assert lines[0]["room"] == "room1" and lines[0]["reason"], lines
+
+        # A join made without history keeps saying so when repeated.
+        late = await alice.join("alice", "room2")
+        assert late["history"] is False
+        again = await alice.request("userJoin", {"username": "alice", "room": "room2"})
+        assert again == {**late, "already": True}
+    finally:
+        await server.system.history.start()
+    assert not alice.closed.done()
+
+
+@pytest.mark.settings(join_burst=2, join_per_second=0.001)
+async def test_a_repeated_join_counts_against_the_join_budget(connect):
+    alice = await joined(connect, "alice", "room1")
+    await alice.request("userJoin", {"username": "alice", "room": "room1"})
+    before = errors_sent("rate_limited")
+    with pytest.raises(RefusedError) as refused:
+        await alice.request("userJoin", {"username": "alice", "room": "room1"})
+    assert refused.value.code == "rate_limited"
+    assert errors_sent("rate_limited") == before + 1
+    await alice.say("room1", "still in the room")
 
 
 @pytest.mark.xfail(

@@ -9,8 +9,12 @@
 3. `msgHistory`, then the `activeUsers` snapshot from presence's answer (2.1), then the held
    events less the messages already in the history: no gap, no repeat. The ack carries the
    reader's `lastRead` and `unread` (2.3).
-A repeated join of a room the connection is in changes nothing and is acknowledged
-`"already": true` (2.1).
+A repeated join of a room the connection is in changes nothing and is acknowledged with the
+first ack's data (its read state as history has it now) plus `"already": true` (2.1); it counts
+against the join budget like any join.
+A join by token (2.4) signs the connection in as the token's subject: its identity key stands
+where an anonymous user's session hash does (presence, private rooms, read markers), its
+`rooms` claim bounds the rooms it may join, and the ack names the user instead of a session.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from roomcast.shared import rpc
+from roomcast.shared.auth import Identity
 from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.sessions import session_hash
 
+from ..auth import signin
 from ..connection import Connection
+from ..membership import Member
 from ..protocol import JoinData, ProtocolError, event_frame
 from .guards import own, within
 
@@ -33,25 +40,40 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+_READ_STATE_SECONDS = 1.0  # a repeated join waits this long at most for history's read state
+
 
 async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str, object]:
-    own(conn, data.username)
-    session = _session_for(gw, conn, data)
+    identity = await signin.joiner(gw, conn, data.token)
+    username = identity.username if identity is not None else data.username
+    if username is None:
+        raise ProtocolError("invalid", "'userJoin' data needs 'username' (or 'token')")
+    own(conn, username)
+    if data.username is not None and data.username != username:
+        raise ProtocolError(
+            "username_mismatch", f"the token names {username!r}, not {data.username!r}"
+        )
     room = data.room
-    if gw.membership.member(conn, room) is not None:
-        return {"room": room, "session": session, "already": True}
+    if identity is not None:
+        signin.may_join(identity, room)
+        session, hashed = None, identity.key
+    else:
+        session = _session_for(gw, conn, data, username)
+        hashed = session_hash(session)
     within(conn.limiters.joins, gw.settings.join_per_second, "joins and leaves")
+    member = gw.membership.member(conn, room)
+    if member is not None:
+        return await _again(gw, conn, member, {**_who(session, identity), "room": room})
     if len(gw.membership.rooms_of(conn)) >= gw.settings.max_rooms_per_connection:
         raise ProtocolError(
             "invalid",
             f"a connection may be in at most {gw.settings.max_rooms_per_connection} rooms; "
             "leave one first",
         )
-    hashed = session_hash(session)
     member = await gw.membership.enter(conn, room)
-    reading = asyncio.ensure_future(_history(gw, room, data, hashed))
+    reading = asyncio.ensure_future(_history(gw, room, data, hashed, username))
     try:
-        admission = await gw.presence.join(conn.id, data.username, hashed, room)
+        admission = await gw.presence.join(conn.id, username, hashed, room)
     except BaseException as exc:
         reading.cancel()
         await asyncio.gather(reading, return_exceptions=True)
@@ -60,9 +82,13 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
             await gw.presence.forget(conn.id, room)
         raise
     member.admitted, member.private = True, admission.private
+    if admission.moderation is not None:
+        gw.moderation.learn(admission.moderation)
     if conn.username is None:
-        conn.username, conn.session, conn.session_hash = data.username, session, hashed
-        await gw.membership.identify(conn, data.username)
+        conn.username, conn.session, conn.session_hash = username, session, hashed
+        if identity is not None:
+            signin.hold(conn, identity)
+        await gw.membership.identify(conn, username)
     history = await reading
     messages = [m.wire() for m in history.messages] if history is not None else []
     conn.push(event_frame("msgHistory", messages, room=room), "msgHistory")
@@ -71,8 +97,8 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         gw.relay.note_history(room, history.messages[-1].id if history.messages else None)
     member.go_live({m.id for m in history.messages} if history is not None else set())
     ack: dict[str, object] = {
+        **_who(session, identity),
         "room": room,
-        "session": session,
         "lastRead": history.last_read if history is not None else None,
         "unread": (history.unread or 0) if history is not None else 0,
     }
@@ -80,30 +106,69 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         ack["history"] = False
     if data.since is not None or data.since_rev is not None:
         ack["recovered"] = bool(history is not None and history.recovered)
+    member.ack = dict(ack)
     return ack
 
 
-def _session_for(gw: ChatGateway, conn: Connection, data: JoinData) -> str:
+def _session_for(gw: ChatGateway, conn: Connection, data: JoinData, username: str) -> str:
     if data.session is not None:
-        if gw.signer.username_of(data.session) != data.username:
+        if gw.signer.username_of(data.session) != username:
             raise ProtocolError("invalid", "the session is not valid for this username")
         if conn.session is not None and data.session != conn.session:
             raise ProtocolError("invalid", "this connection already proved another session")
         return data.session
-    return conn.session or gw.signer.mint(data.username)
+    return conn.session or gw.signer.mint(username)
+
+
+def _who(session: str | None, identity: Identity | None) -> dict[str, object]:
+    """The ack's proof of who joined: the session of an anonymous user, or the name a token
+    signed in (that user proves itself with tokens, not sessions)."""
+    if identity is not None:
+        return {"username": identity.username}
+    return {"session": session}
 
 
 async def _history(
-    gw: ChatGateway, room: str, data: JoinData, reader: str
+    gw: ChatGateway, room: str, data: JoinData, reader: str, username: str
 ) -> rpc.HistoryReply | None:
     """The joiner's history and read state, or None when history cannot answer (the join goes
     on without)."""
     try:
         if data.since_rev is not None:
-            return await gw.history.since_rev(room, data.since_rev, reader, data.username)
+            return await gw.history.since_rev(room, data.since_rev, reader, username)
         if data.since is not None:
-            return await gw.history.since(room, data.since, reader, data.username)
-        return await gw.history.recent(room, reader=reader, username=data.username)
+            return await gw.history.since(room, data.since, reader, username)
+        return await gw.history.recent(room, reader=reader, username=username)
     except (BusUnavailableError, ProtocolError) as exc:
         log.warning("history unavailable; joined without it", room=room, reason=str(exc))
         return None
+
+
+async def _again(
+    gw: ChatGateway, conn: Connection, member: Member, who: dict[str, object]
+) -> dict[str, object]:
+    """A repeated join (2.1): the first ack's data plus `"already": true`, and no event again.
+
+    The read state may have moved since (messages came, or were read elsewhere), so history is
+    asked for it, briefly: one that does not answer leaves the first ack's. A first join that
+    had no history keeps saying so. (A connection's frames are handled in turn, so the first
+    join has been answered; a member without its ack would repeat only its room.)"""
+    first = member.ack
+    if first is None:
+        return {**who, "already": True}
+    ack = {**first, **who, "already": True}
+    if "history" not in first and conn.session_hash is not None:
+        try:
+            async with asyncio.timeout(min(_READ_STATE_SECONDS, gw.settings.request_timeout)):
+                state = await gw.history.recent(
+                    member.room, 1, reader=conn.session_hash, username=conn.username
+                )
+        except (BusUnavailableError, ProtocolError, TimeoutError) as exc:
+            log.info(
+                "read state of a repeated join not refreshed",
+                room=member.room,
+                reason=str(exc) or type(exc).__name__,
+            )
+        else:
+            ack["lastRead"], ack["unread"] = state.last_read, state.unread or 0
+    return ack
