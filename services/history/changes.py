@@ -8,59 +8,30 @@ The store gives the changed message its rev and refuses with `ProtocolError`s (`
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from roomcast.shared import rpc
 from roomcast.shared.errors import ProtocolError
+from roomcast.shared.models import ChatMessage
 from roomcast.shared.store.base import MessageStore
 
-Change = Callable[[MessageStore, str, rpc.ChangeRequest], Awaitable[dict[str, object]]]
+StoreChange = Callable[..., Awaitable[ChatMessage]]
+
+# A message change: the store method that judges and applies it, and the request's fields it
+# takes (under the same names). A field that may be None in a request but not here is required.
+MESSAGE_CHANGES: dict[str, tuple[Callable[[MessageStore], StoreChange], tuple[str, ...]]] = {
+    "edit": (lambda store: store.edit, ("author", "username", "body", "at", "rev")),
+    "delete": (lambda store: store.delete, ("author", "username", "moderator", "rev")),
+    "react": (lambda store: store.react, ("username", "emoji", "add", "rev")),
+}
 
 
-def _needs(change: rpc.ChangeRequest, *fields: str) -> None:
-    missing = [name for name in fields if getattr(change, name) is None]
+def _arguments(change: rpc.ChangeRequest, names: tuple[str, ...]) -> dict[str, Any]:
+    values = {name: getattr(change, name) for name in names}
+    missing = [name for name, value in values.items() if value is None]
     if missing:
         raise ProtocolError("invalid", f"{change.op} needs {', '.join(missing)}")
-
-
-async def _edit(store: MessageStore, room: str, change: rpc.ChangeRequest) -> dict[str, object]:
-    _needs(change, "body")
-    assert change.body is not None
-    message = await store.edit(
-        room,
-        change.id,
-        author=change.author,
-        username=change.username,
-        body=change.body,
-        at=change.at,
-        rev=change.rev,
-    )
-    return {"message": message.wire()}
-
-
-async def _delete(store: MessageStore, room: str, change: rpc.ChangeRequest) -> dict[str, object]:
-    message = await store.delete(
-        room,
-        change.id,
-        author=change.author,
-        username=change.username,
-        moderator=change.moderator,
-        rev=change.rev,
-    )
-    return {"message": message.wire()}
-
-
-async def _react(store: MessageStore, room: str, change: rpc.ChangeRequest) -> dict[str, object]:
-    _needs(change, "emoji", "add")
-    assert change.emoji is not None and change.add is not None
-    message = await store.react(
-        room,
-        change.id,
-        username=change.username,
-        emoji=change.emoji,
-        add=change.add,
-        rev=change.rev,
-    )
-    return {"message": message.wire()}
+    return values
 
 
 async def _mark_read(
@@ -72,15 +43,11 @@ async def _mark_read(
     return {"id": marker, "unread": state.unread}
 
 
-CHANGES: dict[str, Change] = {
-    "edit": _edit,
-    "delete": _delete,
-    "react": _react,
-    "markRead": _mark_read,
-}
-
-
 async def apply(store: MessageStore, room: str, change: rpc.ChangeRequest) -> dict[str, object]:
     """The reply data of a change; raises `ProtocolError` for a refusal and
     `StoreUnavailableError` when the store does not answer."""
-    return await CHANGES[change.op](store, room, change)
+    if change.op == "markRead":
+        return await _mark_read(store, room, change)
+    method, names = MESSAGE_CHANGES[change.op]
+    message = await method(store)(room, change.id, **_arguments(change, names))
+    return {"message": message.wire()}
