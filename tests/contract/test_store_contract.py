@@ -9,7 +9,7 @@ asks that they grow).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import pytest_asyncio
@@ -47,18 +47,34 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
         yield str(server.url)
 
 
+Reopen = Callable[[], Awaitable[MessageStore]]
+
+
 @pytest_asyncio.fixture
-async def store(backend: str) -> AsyncIterator[MessageStore]:
-    chosen: MessageStore
-    if backend == "memory":
-        chosen = InMemoryMessageStore()
-    else:
-        chosen = MongoMessageStore(backend, f"contract_{uuid.uuid4().hex[:16]}")
-    await chosen.open()
+async def stores(backend: str) -> AsyncIterator[Reopen]:
+    """Opens the test's store: a new `MongoMessageStore` on the test's own database each time
+    (what a restarted history gets), or the one `InMemoryMessageStore`, which has nothing else
+    to come back to. All are closed after the test."""
+    database = f"contract_{uuid.uuid4().hex[:16]}"
+    memory = InMemoryMessageStore()
+    opened: list[MessageStore] = []
+
+    async def reopen() -> MessageStore:
+        chosen = memory if backend == "memory" else MongoMessageStore(backend, database)
+        await chosen.open()
+        opened.append(chosen)
+        return chosen
+
     try:
-        yield chosen
+        yield reopen
     finally:
-        await chosen.close()
+        for each in opened:
+            await each.close()
+
+
+@pytest_asyncio.fixture
+async def store(stores: Reopen) -> MessageStore:
+    return await stores()
 
 
 def msg(n: int, *, room: str = ROOM, username: str = "ann", rev: int = 0) -> ChatMessage:
@@ -375,3 +391,37 @@ async def test_unread_is_capped(store: MessageStore) -> None:
     assert await store.read_state(ROOM, ANN, "ann") == ReadState("m0003", UNREAD_CAP)
     await store.mark_read(ROOM, ANN, "m0010")
     assert await store.read_state(ROOM, ANN, "ann") == ReadState("m0010", UNREAD_CAP - 6)
+
+
+# --- after a restart --------------------------------------------------------------------------
+
+
+async def test_changes_markers_and_revs_outlive_the_store(stores: Reopen) -> None:
+    """What a restarted history finds: every change in place, the markers where they were, and
+    revs that go on growing (a low proposal is raised above what the room held)."""
+    first = await stores()
+    await put(first, 1, 2, 3, username="bob", author=BOB)
+    edited = await first.edit(ROOM, "m0001", author=BOB, username="bob", body="e", at=9, rev=0)
+    gone = await first.delete(ROOM, "m0002", author=BOB, username="bob", rev=0)
+    liked = await first.react(ROOM, "m0003", username="ann", emoji="👍", add=True, rev=0)
+    await first.mark_read(ROOM, ANN, "m0002")
+    top = await room_max(first)
+    await first.close()
+
+    again = await stores()
+    assert await again.newest(ROOM, 10) == [edited, gone, liked]
+    assert await again.since_rev(ROOM, 0, 10) == [edited, gone, liked]
+    assert await again.read_state(ROOM, ANN, "ann") == ReadState("m0002", 1)
+    assert await again.mark_read(ROOM, ANN, "m0001") == "m0002"  # still never back
+    # the author is still known after the restart, and the next rev is above the old ones
+    await refused(
+        "forbidden", again.edit(ROOM, "m0003", author=ANN, username="bob", body="x", at=1, rev=0)
+    )
+    later = await again.edit(ROOM, "m0003", author=BOB, username="bob", body="x", at=1, rev=1)
+    assert later.rev == top + 1 and later.reactions == {"👍": ["ann"]}
+    [new] = await put(again, 4, rev=2)
+    assert new.rev == top + 2
+    await refused(
+        "not_found",
+        again.react(ROOM, "m0002", username="ann", emoji="👍", add=True, rev=0),
+    )
