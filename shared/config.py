@@ -128,6 +128,12 @@ class Settings(Limits):
     webhook_retry_max: float = Field(60.0, gt=0, le=86400)  # the longest pause between tries
     webhook_give_up_seconds: float = Field(86400.0, ge=0)  # an event this old is dropped; 0: never
 
+    # the application's backend API (2.4): its keys, comma-separated (two while rotating), and
+    # each key's request budget
+    api_key: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    api_rate_per_second: float = Field(20.0, gt=0)
+    api_burst: int = Field(100, ge=1)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -167,6 +173,19 @@ class Settings(Limits):
                 f"{ENV_PREFIX}WEBHOOK_RETRY_MAX ({self.webhook_retry_max:g})"
             )
         return self
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _api_keys(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        keys = [part.strip() for part in value.split(",") if part.strip()]
+        for i, key in enumerate(keys, 1):
+            if len(key) < 16:
+                raise ValueError(f"key {i} has {len(key)} characters; at least 16 needed")
+        return tuple(SecretStr(key) for key in keys)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -269,5 +288,6 @@ def load_settings(**overrides: Any) -> Settings:
             raise ConfigError(message) from None
         field = str(first["loc"][0])
         value = first.get("input")
-        shown = "" if "secret" in field or "url" in field else f" (got {value!r})"
+        hidden = "secret" in field or "url" in field or "key" in field
+        shown = "" if hidden else f" (got {value!r})"
         raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}{shown}") from None

@@ -57,6 +57,7 @@ class UsersRequest(Wire):
     room: str
     username: str | None = None
     session_hash: str | None = None
+    backend: bool = False  # the application's backend (API key): any room, private ones too
 
 
 class UsersReply(Wire):

@@ -14,9 +14,11 @@ from quart_schema import document_headers, validate_querystring, validate_respon
 from typing_extensions import TypedDict  # pydantic needs it, not typing.TypedDict, on 3.11
 
 from roomcast.shared import rpc
-from roomcast.shared.models import ChatMessage, is_valid_name
+from roomcast.shared.models import ChatMessage
+from roomcast.shared.names import InvalidNameError, normalise_room
 from roomcast.shared.sessions import session_hash
 
+from .apikeys import backend_caller
 from .gateway import ChatGateway
 from .protocol import ProtocolError
 
@@ -65,7 +67,8 @@ class ApiError(BaseModel):
 
 class AuthHeaders(BaseModel):
     authorization: str | None = Field(
-        None, description="`Bearer SESSION`: required for a private room."
+        None,
+        description="`Bearer SESSION` (a member's) or `Bearer <API key>`: for a private room.",
     )
 
 
@@ -74,11 +77,19 @@ def _gateway() -> ChatGateway:
     return gateway
 
 
+def _room(raw: str) -> str:
+    """The room's NFKC normal form (as the WebSocket protocol has it), or 400 saying why not."""
+    try:
+        return normalise_room(raw, _gateway().settings)
+    except InvalidNameError as exc:
+        raise ProtocolError("invalid", str(exc)) from None
+
+
 async def _users(room: str) -> rpc.UsersReply:
     """Presence's view of the room, and whether the caller may see it."""
     gateway = _gateway()
-    if not is_valid_name(room, gateway.settings.max_room_chars):
-        raise ProtocolError("invalid", "room must be letters, digits, '_' or '-'")
+    if backend_caller():  # the application's backend (2.4): any room
+        return await gateway.presence.users(room, None, None, backend=True)
     username = hashed = None
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
@@ -102,6 +113,7 @@ async def _users(room: str) -> rpc.UsersReply:
 async def room_messages(room: str, query_args: MessagesQuery) -> MessagesPage:
     """A page of the room's history, oldest first; page back with `before`."""
     gateway = _gateway()
+    room = _room(room)
     await _users(room)
     reply = await gateway.history.before(room, query_args.before, query_args.limit)
     if not reply.known:
@@ -117,4 +129,4 @@ async def room_messages(room: str, query_args: MessagesQuery) -> MessagesPage:
 @validate_response(ApiError, 503)
 async def room_users(room: str) -> UsersPage:
     """The users with at least one live connection in the room, sorted."""
-    return UsersPage(users=(await _users(room)).users)
+    return UsersPage(users=(await _users(_room(room))).users)

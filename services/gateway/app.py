@@ -14,6 +14,8 @@ from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.ops import Check, add_ops_routes
 
 from .api import api
+from .apikeys import install as install_api_keys
+from .backend_api import SECURITY_SCHEMES, backend_api
 from .docs import GatewayOpenAPI, add_docs_route
 from .gateway import ChatGateway
 from .protocol import ProtocolError
@@ -25,7 +27,15 @@ CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 TITLE = "roomcast gateway"
-_STATUS = {"invalid": 400, "room_private": 403, "unavailable": 503, "internal": 500}
+_STATUS = {
+    "invalid": 400,
+    "unauthorized": 401,
+    "room_private": 403,
+    "forbidden": 403,
+    "rate_limited": 429,
+    "unavailable": 503,
+    "internal": 500,
+}
 
 
 def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> Quart:
@@ -41,9 +51,12 @@ def create_app(gateway: ChatGateway, checks: dict[str, Check] | None = None) -> 
         redoc_ui_path=None,
         scalar_ui_path=None,
         openapi_provider_class=GatewayOpenAPI,
+        security_schemes=SECURITY_SCHEMES,
     )
     add_docs_route(app, TITLE)
     app.register_blueprint(api)
+    app.register_blueprint(backend_api)
+    install_api_keys(app.extensions, gateway.settings)
 
     async def gateway_ready() -> bool:
         return gateway.is_ready

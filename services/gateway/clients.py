@@ -17,6 +17,7 @@ from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, BusUnavailableError
 from roomcast.shared.config import Settings
 from roomcast.shared.models import ChatMessage
+from roomcast.shared.moderation import RoomModeration
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +28,7 @@ _LOOKUPS_OFF_SECONDS = 5.0
 class Admission(BaseModel):
     users: list[str]
     private: bool = False
+    moderation: RoomModeration | None = None  # the room's owner, mutes and bans (2.4)
 
 
 class PresenceClient:
@@ -76,9 +78,12 @@ class PresenceClient:
         return dict(result) if isinstance(result, dict) else {}
 
     async def users(
-        self, room: str, username: str | None, session_hash: str | None
+        self, room: str, username: str | None, session_hash: str | None, *, backend: bool = False
     ) -> rpc.UsersReply:
-        request = rpc.UsersRequest(room=room, username=username, session_hash=session_hash)
+        """`backend`: the application's backend asks (any room, private ones too)."""
+        request = rpc.UsersRequest(
+            room=room, username=username, session_hash=session_hash, backend=backend
+        )
         return rpc.UsersReply.model_validate(await self._call("users", request))
 
     async def heartbeat(self, roster: list[dict[str, object]]) -> None:

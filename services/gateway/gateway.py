@@ -21,11 +21,13 @@ from roomcast.shared.models import RevClock
 from roomcast.shared.sessions import SessionSigner
 from roomcast.shared.tasks import Supervised
 
+from .auth.tokens import TokenVerifier
 from .clients import HistoryClient, PresenceClient
 from .connection import CLOSE_RESTART, BatchTicker, Close, Connection, Limiters, Send
 from .events import HANDLERS
 from .membership import Membership
 from .metrics import CONNECTIONS, ERRORS, FRAMES_IN
+from .moderation import Moderation
 from .protocol import ProtocolError, ack_frame, error_frame, parse_frame
 from .ratelimit import TokenBucket
 from .relay import RecentMessages, Relay
@@ -42,6 +44,7 @@ class ChatGateway:
         self.bus = bus
         self.settings = settings
         self.signer = signer
+        self.tokens = TokenVerifier.from_settings(settings)
         self.membership = Membership()
         self.recent = RecentMessages()
         self.revs = RevClock()
@@ -49,6 +52,7 @@ class ChatGateway:
         self.presence = PresenceClient(bus, settings, self.id)
         self.history = HistoryClient(bus, settings)
         self.repairer = Repairer(self)
+        self.moderation = Moderation(self)
         self.draining = False
         self._idle = asyncio.Event()
         self._ticker = BatchTicker(settings.batch_tick_ms / 1000)
@@ -63,6 +67,7 @@ class ChatGateway:
             self.relay.on_message, name=self.id, on_gap=self.repairer.on_gap
         )
         self.membership.bindings.attach(self._subscription)
+        await self.moderation.start()
         self._heartbeat.start()
 
     @property
@@ -89,6 +94,8 @@ class ChatGateway:
         await self._ticker.stop()
         await self._heartbeat.stop()
         await self.repairer.stop()
+        with contextlib.suppress(Exception):
+            await self.moderation.stop()
         if self._subscription is not None:
             with contextlib.suppress(Exception):
                 await self._subscription.close()

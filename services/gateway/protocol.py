@@ -3,11 +3,13 @@ encode what the server sends.
 
 No I/O: client text becomes a typed `ClientFrame` or a `ProtocolError` carrying the error code,
 a plain-words message and the frame's `ref` when one could be read; server events are encoded
-once, as text every socket of a room can share.
+once, as text every socket of a room can share. Usernames and rooms leave here in their NFKC
+normal form (roomcast.shared.names), so everything after compares, routes and stores that one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,7 +28,9 @@ from pydantic import (
 from roomcast.shared.config import Limits
 from roomcast.shared.errors import ErrorCode, ProtocolError
 from roomcast.shared.frames import encode_event, error_data
-from roomcast.shared.models import CLIENT_ID_RE, is_valid_name
+from roomcast.shared.models import CLIENT_ID_RE
+from roomcast.shared.moderation import MAX_MUTE_SECONDS
+from roomcast.shared.names import InvalidNameError, normalise_room, normalise_username
 
 MAX_REF_CHARS = 64
 
@@ -42,6 +46,7 @@ ServerEvent = Literal[
     "deleteChat",
     "react",
     "readMarker",
+    "kicked",
     "ack",
     "error",
 ]
@@ -52,9 +57,10 @@ class _Payload(BaseModel):
 
 
 class JoinData(_Payload):
-    username: StrictStr
+    username: StrictStr | None = None  # or a token that names the user (2.4)
     room: StrictStr
     session: StrictStr | None = None
+    token: StrictStr | None = None
     since: StrictStr | None = None
     since_rev: StrictInt | None = Field(None, alias="sinceRev", ge=0)
 
@@ -104,6 +110,21 @@ class MarkReadData(_Payload):
     id: StrictStr
 
 
+class ModerateData(_Payload):
+    """`unmute`, `kick`, `ban`, `unban` (2.4): the room and the user it is done to."""
+
+    room: StrictStr
+    username: StrictStr
+
+
+class MuteData(ModerateData):
+    seconds: StrictInt = Field(ge=1, le=MAX_MUTE_SECONDS)
+
+
+class RefreshData(_Payload):
+    token: StrictStr
+
+
 Payload = (
     JoinData
     | TypingData
@@ -114,6 +135,8 @@ Payload = (
     | DeleteData
     | ReactData
     | MarkReadData
+    | ModerateData
+    | RefreshData
 )
 
 PAYLOADS: dict[str, type[Payload]] = {
@@ -126,6 +149,12 @@ PAYLOADS: dict[str, type[Payload]] = {
     "deleteChat": DeleteData,
     "react": ReactData,
     "markRead": MarkReadData,
+    "mute": MuteData,
+    "unmute": ModerateData,
+    "kick": ModerateData,
+    "ban": ModerateData,
+    "unban": ModerateData,
+    "refresh": RefreshData,
 }
 MAX_ID_CHARS = 128
 MAX_EMOJI_CHARS = 32
@@ -161,6 +190,7 @@ def parse_frame(text: str, limits: Limits) -> ClientFrame:
         payload = model.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError("invalid", _describe(event, exc), ref) from None
+    payload = _normal_names(payload, limits, ref)
     _check_limits(payload, limits, ref)
     return ClientFrame(event, payload, ref)
 
@@ -189,18 +219,34 @@ def _describe(event: str, exc: ValidationError) -> str:
     return f"'{event}' data field '{field}': {first['msg'].lower()}"
 
 
+_NAMES: tuple[tuple[str, Callable[[object, Limits], str]], ...] = (
+    ("username", normalise_username),
+    ("username2", normalise_username),
+    ("room", normalise_room),
+)
+
+
+def _normal_names(payload: Payload, limits: Limits, ref: str | None) -> Payload:
+    """The payload with every name in its NFKC normal form, the one that is routed, stored,
+    shown and compared (2.2); a name that has none is `invalid`, with what is wrong with it."""
+    normal: dict[str, str] = {}
+    for field, normalise in _NAMES:
+        raw = getattr(payload, field, None)
+        if raw is None:
+            continue
+        try:
+            name = normalise(raw, limits)
+        except InvalidNameError as exc:
+            message = str(exc) if field in ("username", "room") else f"{field}: {exc}"
+            raise ProtocolError("invalid", message, ref) from None
+        if name != raw:
+            normal[field] = name
+    return payload.model_copy(update=normal) if normal else payload
+
+
 def _check_limits(payload: Payload, limits: Limits, ref: str | None) -> None:
-    for username in (getattr(payload, "username", None), getattr(payload, "username2", None)):
-        if username is not None and not is_valid_name(username, limits.max_username_chars):
-            raise ProtocolError(
-                "invalid",
-                f"username must be 1 to {limits.max_username_chars} letters, digits, '_' or '-'",
-                ref,
-            )
-    if not is_valid_name(payload.room, limits.max_room_chars):
-        raise ProtocolError(
-            "invalid", f"room must be 1 to {limits.max_room_chars} letters, digits, '_' or '-'", ref
-        )
+    if isinstance(payload, RefreshData):  # no names: the token is judged by its verifier
+        return
     if isinstance(payload, ChatData | EditData):
         _check_body(payload.body, limits, ref)
     if isinstance(payload, ChatData):
@@ -221,6 +267,10 @@ def _check_limits(payload: Payload, limits: Limits, ref: str | None) -> None:
                 "invalid", f"emoji must be 1 to {MAX_EMOJI_CHARS} visible characters", ref
             )
     if isinstance(payload, JoinData):
+        if payload.username is None and payload.token is None:
+            raise ProtocolError("invalid", "'userJoin' data needs 'username' (or 'token')", ref)
+        if payload.token is not None and payload.session is not None:
+            raise ProtocolError("invalid", "give 'token' or 'session', not both", ref)
         if payload.since is not None and not 0 < len(payload.since) <= MAX_ID_CHARS:
             raise ProtocolError("invalid", "since must be a message id", ref)
         if payload.since is not None and payload.since_rev is not None:
@@ -259,9 +309,12 @@ __all__ = [
     "JoinData",
     "LeaveData",
     "MarkReadData",
+    "ModerateData",
+    "MuteData",
     "NewRoomData",
     "ProtocolError",
     "ReactData",
+    "RefreshData",
     "ServerEvent",
     "TypingData",
     "ack_frame",

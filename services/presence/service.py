@@ -25,6 +25,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from roomcast.shared import rpc, topics
+from roomcast.shared.auth import is_subject_key
 from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
 from roomcast.shared.config import Settings
 from roomcast.shared.frames import encode_event
@@ -38,7 +39,7 @@ from roomcast.webhooks.presence import PresenceWebhooks
 from .announcer import Announcer
 from .cache import LRU
 from .moderation import RoomModerator
-from .reservations import NameReservations
+from .reservations import NameReservations, refusal
 from .state import Changes, PresenceState
 
 log = structlog.get_logger(__name__)
@@ -176,14 +177,15 @@ class PresenceService:
             raise rpc.RemoteError(
                 "username_taken", f"username {req.username!r} is in use by someone else"
             )
-        if not holders and req.conn not in self.state.conns:
+        # a token subject's name is the application's word (2.4): reservations do not bind it
+        if (
+            not holders
+            and req.conn not in self.state.conns
+            and not is_subject_key(req.session_hash)
+        ):
             reserved = await self.names.holder(key)
             if reserved is not None and reserved.session_hash != req.session_hash:
-                raise rpc.RemoteError(
-                    "username_taken",
-                    f"username {req.username!r} is kept for the user who had it until they "
-                    "come back (or for a few minutes)",
-                )
+                raise rpc.RemoteError("username_taken", refusal(reserved))
         private = await self._private_room(req.room)
         if private is not None and not private.admits(req.username, req.session_hash):
             raise rpc.RemoteError("room_private", f"room {req.room!r} is private")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..connection import Connection
 from ..protocol import PAYLOADS
-from . import chat, delete, edit, invite, join, leave, mark_read, react, typing
+from . import chat, delete, edit, invite, join, leave, mark_read, moderation, react, refresh, typing
 
 if TYPE_CHECKING:
     from ..gateway import ChatGateway
@@ -28,6 +28,12 @@ HANDLERS: dict[str, Handler] = {
     "deleteChat": delete.handle,
     "react": react.handle,
     "markRead": mark_read.handle,
+    "mute": moderation.mute,
+    "unmute": moderation.unmute,
+    "kick": moderation.kick,
+    "ban": moderation.ban,
+    "unban": moderation.unban,
+    "refresh": refresh.handle,
 }
 
 if HANDLERS.keys() != PAYLOADS.keys():  # pragma: no cover - a wiring mistake, caught at import

@@ -47,7 +47,7 @@ async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str,
             _check_author(payload, data)
             within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
             seen.origin = conn.id
-            await _publish(gw, conn, data.room, data.id, seen)
+            await publish(gw, data.room, data.id, seen, origin=conn.id, author=conn.session_hash)
             return payload
     within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
     message = ChatMessage(
@@ -62,27 +62,28 @@ async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str,
     frame = event_frame("updateChat", payload, room=data.room)
     seen = Seen(uuid.uuid4().hex[:16], frame, relayed=False, origin=conn.id, pending=True)
     gw.recent.remember(data.room, message.id, seen)
-    await _publish(gw, conn, data.room, message.id, seen)
+    await publish(gw, data.room, message.id, seen, origin=conn.id, author=conn.session_hash)
     return payload
 
 
-async def _publish(
-    gw: ChatGateway, conn: Connection, room: str, message_id: str, seen: Seen
+async def publish(
+    gw: ChatGateway, room: str, message_id: str, seen: Seen, *, origin: str, author: str | None
 ) -> None:
     """Publish and wait for the broker's confirm. Unconfirmed, the message stays `pending` in
     memory: the room may have it already, so a retry sends this same publication again, which
-    the relays (here and elsewhere) drop where it was delivered."""
+    the relays (here and elsewhere) drop where it was delivered. `origin` is the sending
+    connection (it does not get its own message back), `author` the identity stored with it."""
     try:
         async with asyncio.timeout(gw.settings.publish_timeout):
             await gw.bus.publish(
                 topics.room_event(room, "updateChat"),
                 seen.frame.encode(),
                 headers={
-                    Header.ORIGIN: conn.id,
+                    Header.ORIGIN: origin,
                     Header.MESSAGE_ID: message_id,
                     Header.PUBLICATION: seen.publication,
                     Header.SENT_AT: f"{time.time():.6f}",
-                    Header.AUTHOR: conn.session_hash or "",
+                    Header.AUTHOR: author or "",
                 },
                 persistent=True,
             )

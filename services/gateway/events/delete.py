@@ -1,4 +1,5 @@
-"""`deleteChat`: the author takes a message back; a tombstone keeps its place (2.3)."""
+"""`deleteChat`: the author takes a message back, or the room's owner or a moderator takes it
+down (2.4); a tombstone keeps its place (2.3)."""
 
 from __future__ import annotations
 
@@ -16,5 +17,6 @@ if TYPE_CHECKING:
 async def handle(gw: ChatGateway, conn: Connection, data: DeleteData) -> dict[str, object]:
     joined(gw, conn, data.room, "deleting")
     within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
-    change = changes.request(gw, conn, "delete", data.id)
+    moderator = await gw.moderation.moderates(conn, data.room)
+    change = changes.request(gw, conn, "delete", data.id, moderator=moderator)
     return await changes.apply(gw, conn, data.room, "deleteChat", change)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 async def handle(gw: ChatGateway, conn: Connection, data: ReactData) -> dict[str, object]:
     joined(gw, conn, data.room, "reacting")
+    await gw.moderation.refuse_muted(conn, data.room)
     within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
     change = changes.request(gw, conn, "react", data.id, emoji=data.emoji, add=data.add)
     return await changes.apply(gw, conn, data.room, "react", change)

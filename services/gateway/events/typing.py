@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 async def handle(gw: ChatGateway, conn: Connection, data: TypingData) -> dict[str, object]:
     joined(gw, conn, data.room, "typing")
     own(conn, data.username)
+    await gw.moderation.refuse_muted(conn, data.room)
     within(conn.limiters.typing, gw.settings.typing_per_second, "typing events")
     payload: dict[str, object] = {"username": data.username, "room": data.room}
     await gw.bus.publish(
