@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import time
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import httpx
 import structlog
@@ -30,7 +31,8 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
@@ -94,6 +96,10 @@ class WebhookSender:
         self._client: httpx.AsyncClient | None = None
         self._consumer: Consumer | None = None
         self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        first, longest = settings.webhook_retry_first, settings.webhook_retry_max
+        # first, 2 x first, 4 x first ... up to the longest, plus up to `first` of jitter
+        self._wait = wait_exponential(multiplier=first, max=longest) + wait_random(0, first)
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -112,11 +118,14 @@ class WebhookSender:
         log.info("webhook sender started", concurrency=self._settings.webhook_concurrency)
 
     async def stop(self) -> None:
-        """Stop taking messages; tries in their pause go back to the queue."""
+        """Stop taking messages; POSTs in flight finish (within the POST timeout), tries in
+        their pause go back to the queue."""
         self._stopping.set()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.close()
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=self._settings.webhook_timeout + 1)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -125,6 +134,15 @@ class WebhookSender:
         return self._consumer is not None and self._bus.is_ready
 
     async def _handle(self, message: Message) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            await self._deliver(message)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _deliver(self, message: Message) -> None:
         try:
             payload = WebhookPayload.model_validate_json(message.body)
         except ValidationError as exc:
@@ -138,11 +156,7 @@ class WebhookSender:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DeliveryError),
-            wait=wait_exponential_jitter(
-                initial=self._settings.webhook_retry_first,
-                max=self._settings.webhook_retry_max,
-                jitter=self._settings.webhook_retry_first,
-            ),
+            wait=self._wait,
             stop=stop,
             sleep=self._pause,
             before_sleep=self._retrying,
