@@ -267,8 +267,6 @@ def _check_limits(payload: Payload, limits: Limits, ref: str | None) -> None:
                 "invalid", f"emoji must be 1 to {MAX_EMOJI_CHARS} visible characters", ref
             )
     if isinstance(payload, JoinData):
-        if payload.username is None and payload.token is None:
-            raise ProtocolError("invalid", "'userJoin' data needs 'username' (or 'token')", ref)
         if payload.token is not None and payload.session is not None:
             raise ProtocolError("invalid", "give 'token' or 'session', not both", ref)
         if payload.since is not None and not 0 < len(payload.since) <= MAX_ID_CHARS:

@@ -37,13 +37,13 @@ SIGN_INS = Counter(
 )
 
 
-async def verified(gw: ChatGateway, token: str) -> Identity:
+async def verified(gw: ChatGateway, conn: Connection, token: str) -> Identity:
     """The token's identity, or `unauthorized` saying why not (logged without the token)."""
     try:
         identity = await gw.tokens.verify(token)
     except TokenError as exc:
         SIGN_INS.labels("refused").inc()
-        log.info("token refused", reason=str(exc))
+        log.info("token refused", reason=str(exc), conn=conn.id)
         raise ProtocolError("unauthorized", str(exc)) from None
     SIGN_INS.labels("accepted").inc()
     return identity
@@ -53,13 +53,15 @@ async def joiner(gw: ChatGateway, conn: Connection, token: str | None) -> Identi
     """Whom a `userJoin` signs in as; None for an anonymous join."""
     if token is None:
         if conn.identity is None and gw.settings.auth == "token":
+            log.info("anonymous join refused: tokens required", conn=conn.id)
             raise ProtocolError("unauthorized", "this server needs a token to join: send 'token'")
         return conn.identity
     if conn.identity is None and conn.username is not None:
+        log.info("token refused on an anonymous connection", conn=conn.id, user=conn.username)
         raise ProtocolError(
             "unauthorized", "this connection joined without a token; sign in on a new connection"
         )
-    identity = await verified(gw, token)
+    identity = await verified(gw, conn, token)
     if conn.identity is not None:
         renew(conn, conn.identity, identity)
     return identity

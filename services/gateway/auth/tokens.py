@@ -130,8 +130,10 @@ class TokenVerifier:
             claims = Claims.model_validate(payload)
         except ClaimsError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise TokenError(f"the token's claim {field!r}: {first['msg'].lower()}") from None
+            claim, *within = first["loc"]
+            where = f" (item {within[0]})" if within else ""
+            reason = first["msg"].lower()
+            raise TokenError(f"the token's claim {claim!r}{where}: {reason}") from None
         try:
             name = claims.sub if claims.name is None else claims.name
             username = normalise_username(name, self._limits)
@@ -165,7 +167,7 @@ def _why(exc: jwt.PyJWTError) -> str:
     if isinstance(exc, jwt.ImmatureSignatureError):
         return "the token is not valid yet (nbf or iat is in the future)"
     if isinstance(exc, jwt.InvalidAudienceError):
-        return "the token is not meant for this server (its aud is not this server's audience)"
+        return "the token is not meant for this server (aud)"
     if isinstance(exc, jwt.InvalidIssuerError):
         return "the token is not from the expected issuer (iss)"
     if isinstance(exc, jwt.InvalidSignatureError):

@@ -44,7 +44,7 @@ _READ_STATE_SECONDS = 1.0  # a repeated join waits this long at most for history
 
 
 async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str, object]:
-    identity = await signin.joiner(gw, conn, data.token)
+    identity = await signin.joiner(gw, conn, data.token)  # a signed-in connection's, or None
     username = identity.username if identity is not None else data.username
     if username is None:
         raise ProtocolError("invalid", "'userJoin' data needs 'username' (or 'token')")

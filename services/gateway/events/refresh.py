@@ -21,6 +21,6 @@ async def handle(gw: ChatGateway, conn: Connection, data: RefreshData) -> dict[s
         raise ProtocolError(
             "unauthorized", "this connection is not signed in with a token; join with one first"
         )
-    identity = await signin.verified(gw, data.token)
+    identity = await signin.verified(gw, conn, data.token)
     signin.renew(conn, current, identity)
     return {"exp": identity.exp}

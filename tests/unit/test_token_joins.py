@@ -1,0 +1,251 @@
+"""Sign-in by token over real WebSockets (PROTOCOL.md 2.4): joins by token, the name and rooms
+claims, ROOMCAST_AUTH=token, names held by a subject, refresh, and the 4001 close at expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, NamedTuple
+
+import pytest
+from structlog.testing import capture_logs
+
+from roomcast.gateway.auth.signin import CLOSE_UNAUTHORIZED
+from tests.support.chat_client import ChatClient, RefusedError
+from tests.support.inprocess import running
+from tests.support.tokens import JWT_SECRET, SigningKey, claims, hs256, jwks_server
+
+pytestmark = [pytest.mark.unit, pytest.mark.settings(jwt_secret=JWT_SECRET)]
+
+
+async def sign_in(client: ChatClient, token: str, room: str = "main", **extra: Any) -> Any:
+    ack = await client.request("userJoin", {"token": token, "room": room, **extra})
+    client.username = ack["username"]
+    return ack
+
+
+class Refused(NamedTuple):
+    code: str
+    message: str
+
+
+async def refusal(client: ChatClient, event: str, data: dict[str, Any]) -> Refused:
+    with pytest.raises(RefusedError) as err:
+        await client.request(event, data)
+    return Refused(err.value.code, err.value.frame["data"]["message"])
+
+
+def logged(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == event]
+
+
+async def test_join_by_token_signs_in_under_the_name_claim(connect):
+    bob = await connect()
+    await bob.join("bob")
+    alice = await connect()
+    ack = await sign_in(alice, hs256(sub="u-alice", name="alice"))
+    assert ack["username"] == "alice" and ack["room"] == "main"
+    assert "session" not in ack  # a signed-in user proves itself with tokens
+    assert (await bob.event("userJoin", "main"))["data"]["username"] == "alice"
+    await alice.say("main", "hi")
+    assert (await bob.event("updateChat", "main"))["data"]["username"] == "alice"
+    # later joins of the connection need no token again
+    assert (await alice.request("userJoin", {"room": "team"}))["username"] == "alice"
+
+
+async def test_without_a_name_claim_the_subject_is_the_username(connect):
+    client = await connect()
+    assert (await sign_in(client, hs256(sub="carol")))["username"] == "carol"
+
+
+async def test_username_beside_a_token_must_be_the_tokens(connect):
+    client = await connect()
+    error = await refusal(
+        client, "userJoin", {"token": hs256(name="alice"), "username": "mallory", "room": "main"}
+    )
+    assert error.code == "username_mismatch" and "'alice'" in error.message
+    assert (await sign_in(client, hs256(name="alice"), username="alice"))["username"] == "alice"
+
+
+async def test_token_and_session_together_or_neither_name_nor_token_are_invalid(connect):
+    client = await connect()
+    error = await refusal(
+        client, "userJoin", {"token": hs256(), "session": "v1.x.y.z", "room": "main"}
+    )
+    assert error.code == "invalid" and "not both" in error.message
+    error = await refusal(client, "userJoin", {"room": "main"})
+    assert error.code == "invalid" and "'token'" in error.message
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (lambda: hs256(ttl=-10), "the token expired; get a new one"),
+        (lambda: hs256("a-secret-that-is-not-the-servers-one"), "signature does not verify"),
+        (lambda: "garbage", "not a well-formed JWT"),
+        (lambda: hs256(name="no spaces"), "'name' claim"),
+    ],
+)
+async def test_bad_tokens_are_unauthorized_and_logged_without_the_token(connect, token, reason):
+    client = await connect()
+    text = token()
+    with capture_logs() as logs:
+        error = await refusal(client, "userJoin", {"token": text, "room": "main"})
+    assert error.code == "unauthorized" and reason in error.message
+    [entry] = logged(logs, "token refused")
+    assert reason in entry["reason"] and entry["log_level"] == "info"
+    assert all(text not in str(e) for e in logs)
+    # the refusal leaves no trace: the socket stays open and may still sign in
+    assert (await sign_in(client, hs256(name="dana")))["username"] == "dana"
+
+
+async def test_rooms_claim_refuses_other_rooms_forbidden(connect, server):
+    client = await connect()
+    token = hs256(name="erin", rooms=["team"])
+    error = await refusal(client, "userJoin", {"token": token, "room": "main"})
+    assert error.code == "forbidden" and "'main'" in error.message
+    await sign_in(client, token, room="team")
+    error = await refusal(client, "userJoin", {"room": "other"})
+    assert error.code == "forbidden"
+    users = await server.system.gateway.presence.users("other", None, None)
+    assert users.users == []
+
+
+@pytest.mark.settings(auth="token", jwt_secret=JWT_SECRET)
+async def test_token_mode_refuses_anonymous_joins(connect):
+    client = await connect()
+    with capture_logs() as logs:
+        error = await refusal(client, "userJoin", {"username": "anon", "room": "main"})
+    assert error.code == "unauthorized" and "needs a token" in error.message
+    assert len(logged(logs, "anonymous join refused: tokens required")) == 1
+    assert (await sign_in(client, hs256(name="anon")))["username"] == "anon"
+
+
+async def test_anonymous_connection_cannot_switch_to_a_token(connect):
+    client = await connect()
+    await client.join("frank")
+    with capture_logs() as logs:
+        error = await refusal(client, "userJoin", {"token": hs256(name="frank"), "room": "x"})
+    assert error.code == "unauthorized" and "without a token" in error.message
+    assert len(logged(logs, "token refused on an anonymous connection")) == 1
+
+
+async def test_join_with_another_subjects_token_is_unauthorized(connect):
+    client = await connect()
+    await sign_in(client, hs256(sub="u-1", name="gina"))
+    error = await refusal(
+        client, "userJoin", {"token": hs256(sub="u-2", name="gina"), "room": "team"}
+    )
+    assert error.code == "unauthorized" and "another user" in error.message
+
+
+@pytest.mark.settings(jwt_secret=JWT_SECRET, name_grace_seconds=0)
+async def test_a_subjects_username_is_nobody_elses(connect):
+    alice = await connect()
+    await sign_in(alice, hs256(sub="u-alice", name="alice"))
+    anonymous = await connect()
+    assert (await refusal(anonymous, "userJoin", {"username": "alice", "room": "main"})).code == (
+        "username_taken"
+    )
+    impostor = await connect()
+    error = await refusal(
+        impostor, "userJoin", {"token": hs256(sub="u-other", name="alice"), "room": "main"}
+    )
+    assert error.code == "username_taken"
+    second_tab = await connect()  # the same subject, another connection
+    assert (await sign_in(second_tab, hs256(sub="u-alice", name="alice")))["username"] == "alice"
+    await alice.close()
+    await second_tab.close()
+    # gone, and with no grace period: an anonymous user still cannot take a subject's name
+    later = await connect()
+    async with asyncio.timeout(10):
+        while True:
+            error = await refusal(later, "userJoin", {"username": "alice", "room": "main"})
+            assert error.code == "username_taken"
+            if "signed-in user" in error.message:
+                break
+            await asyncio.sleep(0.05)  # the live connections are still being closed
+    # the application's word is final: another subject it names alice may have the name
+    renamed = await connect()
+    ack = await sign_in(renamed, hs256(sub="u-new", name="alice"))
+    assert ack["username"] == "alice"
+
+
+async def test_read_markers_belong_to_the_subject_across_connections(connect):
+    bob = await connect()
+    await bob.join("bob")
+    first = (await bob.say("main", "one"))["id"]
+    await bob.say("main", "two")
+    tab = await connect()
+    await sign_in(tab, hs256(sub="u-hana", name="hana"))
+    await tab.request("markRead", {"room": "main", "id": first})
+    await tab.close()
+    later = await connect()
+    ack = await sign_in(later, hs256(sub="u-hana", name="hana"))
+    assert ack["lastRead"] == first and ack["unread"] == 1
+
+
+async def test_refresh_keeps_the_connection_past_the_old_expiry(connect):
+    client = await connect()
+    await sign_in(client, hs256(sub="u-ivy", name="ivy", ttl=2))
+    new_exp = int(time.time()) + 3600
+    token = hs256(sub="u-ivy", name="ivy", ttl=3600)
+    with capture_logs() as logs:
+        assert await client.request("refresh", {"token": token}) == {"exp": new_exp}
+    assert logged(logs, "token refreshed")[0]["user"] == "ivy"
+    await asyncio.sleep(2.5)  # past the first token's expiry
+    assert not client.closed.done()
+    assert client.received("error") == []
+    await client.say("main", "still here")
+
+
+async def test_refresh_refusals(connect):
+    anonymous = await connect()
+    await anonymous.join("jack")
+    error = await refusal(anonymous, "refresh", {"token": hs256(name="jack")})
+    assert error.code == "unauthorized" and "not signed in" in error.message
+    client = await connect()
+    await sign_in(client, hs256(sub="u-kim", name="kim"))
+    with capture_logs() as logs:
+        error = await refusal(client, "refresh", {"token": hs256(sub="u-lee", name="kim")})
+    assert error.code == "unauthorized" and "another user" in error.message
+    assert len(logged(logs, "token of another subject refused")) == 1
+    error = await refusal(client, "refresh", {"token": hs256(sub="u-kim", name="kimberly")})
+    assert error.code == "username_mismatch"
+    error = await refusal(client, "refresh", {"token": hs256(sub="u-kim", ttl=-5)})
+    assert error.code == "unauthorized" and "expired" in error.message
+    error = await refusal(client, "refresh", {"token": 5})
+    assert error.code == "invalid"
+    await client.say("main", "the connection keeps its token")
+
+
+async def test_an_expired_token_closes_the_socket_with_4001(connect):
+    bob = await connect()
+    await bob.join("bob")
+    client = await connect()
+    with capture_logs() as logs:
+        await sign_in(client, hs256(sub="u-max", name="max", ttl=2))
+        code = await asyncio.wait_for(client.closed, 10)
+    assert code == CLOSE_UNAUTHORIZED
+    [error] = client.received("error")
+    assert error["data"]["code"] == "unauthorized" and "expired" in error["data"]["message"]
+    assert "ref" not in error
+    [entry] = logged(logs, "token expired; connection closed")
+    assert entry["user"] == "max"
+    assert (await bob.event("userLeave", "main"))["data"]["username"] == "max"
+
+
+async def test_rs256_tokens_from_a_jwks_endpoint_sign_in():
+    key = SigningKey.rsa("kid-1")
+    with jwks_server(key) as jwks:
+        async with running(auth="token", jwks_url=jwks.url) as server:
+            client = await ChatClient.connect(server.url)
+            try:
+                ack = await sign_in(client, key.sign(claims("u-ola", name="ola")))
+                assert ack["username"] == "ola"
+                error = await refusal(
+                    client, "refresh", {"token": key.sign(claims("u-ola"), kid="kid-9")}
+                )
+                assert error.code == "unauthorized" and "'kid-9'" in error.message
+            finally:
+                await client.close()
