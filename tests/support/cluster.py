@@ -151,7 +151,7 @@ async def delete_topology(amqp_url: str, exchange: str) -> None:
     """Remove the durable queues and exchange a test deployment declared."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
-        for name in (f"{exchange}.history", f"{exchange}.presence"):
+        for name in (f"{exchange}.history", f"{exchange}.presence", f"{exchange}.webhooks"):
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(name)
