@@ -1,0 +1,342 @@
+"""Room ownership and moderation (PROTOCOL.md 2.4) through real WebSockets, in process: the
+owner rule, every event and every refusal (what the client gets and what is logged), mutes
+that end, kicks and bans on every connection of the user and what the others see, and the
+gateway's cache (versions, a gap, presence away)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from structlog.testing import capture_logs
+
+from roomcast.shared import rpc, topics
+from roomcast.shared.moderation import ModerationChange, RoomModeration, RoomOwner, Sanction
+from roomcast.shared.sessions import session_hash
+from roomcast.shared.store.base import RoomMember
+from tests.support.chat_client import ChatClient, RefusedError
+
+pytestmark = pytest.mark.unit
+
+
+async def _refused(client: ChatClient, event: str, data: dict[str, object]) -> RefusedError:
+    with pytest.raises(RefusedError) as refused:
+        await client.request(event, data)
+    return refused.value
+
+
+def _logged(logs: list[dict[str, object]], event: str, **fields: object) -> bool:
+    return any(
+        line["event"] == event and all(line.get(k) == v for k, v in fields.items()) for line in logs
+    )
+
+
+async def _lobby(connect) -> tuple[ChatClient, ChatClient, ChatClient]:
+    """alice owns `lobby` (she joined it first); bob and carol are in it too."""
+    alice, bob, carol = await connect(), await connect(), await connect()
+    await alice.join("alice", room="lobby")
+    await bob.join("bob", room="lobby")
+    await carol.join("carol", room="lobby")
+    return alice, bob, carol
+
+
+def _chat(client: ChatClient, room: str = "lobby") -> dict[str, object]:
+    return {"username": client.username, "body": "hello", "time": 0, "room": room}
+
+
+# --- the owner rule ----------------------------------------------------------------------------
+
+
+async def test_the_first_joiner_owns_a_public_room_and_nobody_owns_main(connect, server):
+    with capture_logs() as logs:
+        alice, bob, _carol = await _lobby(connect)
+    state = await server.rooms.get_moderation("lobby")
+    assert state.owner is not None and state.owner.username == "alice"
+    assert _logged(logs, "room owned", room="lobby", owner="alice")
+    # a second joiner owns nothing
+    refused = await _refused(bob, "kick", {"room": "lobby", "username": "carol"})
+    assert refused.code == "forbidden" and "owner of room 'lobby'" in str(refused)
+    # main is nobody's, whoever came first
+    await alice.join("alice", room="main")
+    await bob.join("bob", room="main")
+    refused = await _refused(alice, "mute", {"room": "main", "username": "bob", "seconds": 60})
+    assert refused.code == "forbidden"
+    assert (await server.rooms.get_moderation("main")).owner is None
+
+
+async def test_ownership_is_bound_to_the_session_not_the_name(connect, server):
+    """Another session under the owner's name later (the name freed) owns nothing."""
+    alice, bob, _carol = await _lobby(connect)
+    tab = await connect()
+    await tab.join("alice", room="lobby", session=alice.session)  # the owner's second tab
+    assert await tab.request("mute", {"room": "lobby", "username": "bob", "seconds": 30})
+    await server.rooms.claim_owner("den", RoomOwner(username="alice", identity="someone-else"))
+    await alice.join("alice", room="den")
+    await bob.join("bob", room="den")
+    refused = await _refused(alice, "kick", {"room": "den", "username": "bob"})
+    assert refused.code == "forbidden"
+
+
+async def test_a_private_room_has_no_owner(connect, server):
+    alice, bob = await connect(), await connect()
+    await alice.join("alice")
+    await bob.join("bob")
+    pair = (
+        RoomMember("alice", session_hash(alice.session)),
+        RoomMember("bob", session_hash(bob.session)),
+    )
+    await server.rooms.make_private("dm", pair)
+    await alice.join("alice", room="dm")
+    await bob.join("bob", room="dm")
+    assert (await server.rooms.get_moderation("dm")).owner is None
+    refused = await _refused(alice, "kick", {"room": "dm", "username": "bob"})
+    assert refused.code == "forbidden"
+
+
+# --- mute --------------------------------------------------------------------------------------
+
+
+async def test_mute_refuses_chat_typing_and_react_in_that_room_only(connect, server):
+    alice, bob, carol = await _lobby(connect)
+    await bob.join("bob", room="main")
+    said = await carol.say("lobby", "react to me")
+    with capture_logs() as logs:
+        ack = await alice.request("mute", {"room": "lobby", "username": "bob", "seconds": 600})
+        assert ack == {"room": "lobby", "username": "bob", "seconds": 600}
+        chat = await _refused(bob, "updateChat", _chat(bob))
+        typing = await _refused(bob, "userTyping", {"username": "bob", "room": "lobby"})
+        react = await _refused(
+            bob, "react", {"room": "lobby", "id": said["id"], "emoji": "👍", "add": True}
+        )
+    for refused in (chat, typing, react):
+        assert refused.code == "muted"
+        assert "muted in room 'lobby'" in str(refused) and "more seconds" in str(refused)
+    assert _logged(logs, "room moderated", action="mute", room="lobby", username="bob", by="alice")
+    assert _logged(logs, "muted user refused", room="lobby", username="bob")
+    await carol.settle()
+    assert all(f["data"].get("body") != "hello" for f in carol.received("updateChat", "lobby"))
+    await bob.say("main", "still here")  # other rooms are not affected
+    await carol.say("lobby", "carol is not muted")
+    state = await server.rooms.get_moderation("lobby")
+    assert state.muted_until("bob", time.time()) is not None
+
+
+async def test_unmute_lifts_it_at_once(connect):
+    alice, bob, carol = await _lobby(connect)
+    await alice.request("mute", {"room": "lobby", "username": "bob", "seconds": 600})
+    assert (await _refused(bob, "updateChat", _chat(bob))).code == "muted"
+    assert await alice.request("unmute", {"room": "lobby", "username": "bob"}) == {
+        "room": "lobby",
+        "username": "bob",
+    }
+    await bob.say("lobby", "free again")
+    assert (await carol.event("updateChat", "lobby"))["data"]["body"] == "free again"
+
+
+async def test_a_mute_ends_by_itself(connect):
+    alice, bob, _carol = await _lobby(connect)
+    await alice.request("mute", {"room": "lobby", "username": "bob", "seconds": 1})
+    assert (await _refused(bob, "updateChat", _chat(bob))).code == "muted"
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await bob.say("lobby", "after the mute")
+                break
+            except RefusedError as refused:
+                assert refused.code == "muted"
+                await asyncio.sleep(0.2)
+
+
+def test_mute_state_ends_at_its_time():
+    state = RoomModeration(
+        room="r", mutes=(Sanction(key="bob", username="bob", until=100.0),), version=1
+    )
+    assert state.muted_until("Bob", 99.9) == 100.0  # names compare by their key (2.2)
+    assert state.muted_until("bob", 100.0) is None
+    assert state.muted_until("carol", 0) is None
+
+
+# --- kick and ban ----------------------------------------------------------------------------
+
+
+async def test_kick_takes_every_connection_of_the_user_out_of_the_room(connect):
+    alice, bob, carol = await _lobby(connect)
+    bob_tab = await connect()
+    await bob_tab.join("bob", room="lobby", session=bob.session)
+    await bob_tab.join("bob", room="main")
+    with capture_logs() as logs:
+        assert await alice.request("kick", {"room": "lobby", "username": "bob"}) == {
+            "room": "lobby",
+            "username": "bob",
+        }
+        for client in (bob, bob_tab):
+            kicked = await client.event("kicked", "lobby")
+            assert kicked["data"] == {"room": "lobby", "by": "alice"}
+        for client in (alice, carol):
+            left = await client.event("userLeave", "lobby")
+            assert left["data"] == {"username": "bob", "room": "lobby"}
+            await client.users("lobby", ["alice", "carol"])
+    assert (
+        sum(_logged([line], "kicked from room", room="lobby", username="bob") for line in logs) == 2
+    )
+    assert _logged(logs, "room moderated", action="kick", room="lobby", by="alice")
+    refused = await _refused(bob, "updateChat", _chat(bob))
+    assert refused.code == "not_joined"
+    await carol.say("lobby", "bob is out")
+    await bob.settle()
+    assert [
+        f for f in bob.received("updateChat", "lobby") if f["data"]["body"] == "bob is out"
+    ] == []
+    await bob_tab.say("main", "main is still mine")  # the other room is untouched
+    await bob.join("bob", room="lobby")  # a kick is not a ban
+    await alice.users("lobby", ["alice", "bob", "carol"])
+
+
+async def test_ban_kicks_and_refuses_later_joins_until_unbanned(connect, server):
+    alice, bob, carol = await _lobby(connect)
+    with capture_logs() as logs:
+        assert await alice.request("ban", {"room": "lobby", "username": "bob"})
+        assert (await bob.event("kicked", "lobby"))["data"] == {"room": "lobby", "by": "alice"}
+        await carol.users("lobby", ["alice", "carol"])
+        refused = await _refused(bob, "userJoin", {"username": "bob", "room": "lobby"})
+    assert refused.code == "banned" and "banned from room 'lobby'" in str(refused)
+    assert _logged(logs, "banned user refused", room="lobby", username="bob")
+    # another connection of the same user is the same user
+    other = await connect()
+    join = {"username": "bob", "room": "lobby", "session": bob.session}
+    assert (await _refused(other, "userJoin", join)).code == "banned"
+    assert (await server.rooms.get_moderation("lobby")).banned("BOB")
+    await alice.request("unban", {"room": "lobby", "username": "bob"})
+    await bob.join("bob", room="lobby")
+    await carol.users("lobby", ["alice", "bob", "carol"])
+
+
+async def test_a_banned_user_who_was_not_in_the_room_is_kept_out(connect):
+    alice, _bob, _carol = await _lobby(connect)
+    dave = await connect()
+    await dave.join("dave")
+    await alice.request("ban", {"room": "lobby", "username": "dave"})
+    assert (await _refused(dave, "userJoin", {"username": "dave", "room": "lobby"})).code == (
+        "banned"
+    )
+    await dave.say("main", "main is open")
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+
+async def test_only_owners_and_moderators_may_moderate(connect):
+    _alice, bob, carol = await _lobby(connect)
+    with capture_logs() as logs:
+        for event, extra in (
+            ("mute", {"seconds": 60}),
+            ("unmute", {}),
+            ("kick", {}),
+            ("ban", {}),
+            ("unban", {}),
+        ):
+            refused = await _refused(bob, event, {"room": "lobby", "username": "carol", **extra})
+            assert refused.code == "forbidden", event
+            assert f"may {event} in it" in str(refused)
+    for event in ("mute", "unmute", "kick", "ban", "unban"):
+        assert _logged(logs, "moderation refused", action=event, by="bob", code="forbidden")
+    await carol.say("lobby", "nothing happened to me")
+
+
+async def test_moderation_refusals_say_what_was_wrong(connect):
+    alice, _bob, _carol = await _lobby(connect)
+    stranger = await connect()
+    refused = await _refused(stranger, "kick", {"room": "lobby", "username": "bob"})
+    assert refused.code == "not_joined"
+    refused = await _refused(alice, "ban", {"room": "lobby", "username": "alice"})
+    assert refused.code == "invalid" and "yourself" in str(refused)
+    cases = [
+        ("mute", {"room": "lobby", "username": "bob"}, "seconds"),
+        ("mute", {"room": "lobby", "username": "bob", "seconds": 0}, "seconds"),
+        ("mute", {"room": "lobby", "username": "bob", "seconds": "60"}, "seconds"),
+        ("mute", {"room": "lobby", "username": "bob", "seconds": 10**9}, "seconds"),
+        ("kick", {"room": "lobby"}, "username"),
+        ("kick", {"room": "lobby", "username": "no such name!"}, "username"),
+        ("ban", {"room": "lobby", "username": 7}, "username"),
+        ("unban", {"room": "a.b", "username": "bob"}, "room"),
+    ]
+    for event, data, field in cases:
+        refused = await _refused(alice, event, data)
+        assert refused.code == "invalid", (event, data)
+        assert field in str(refused), (event, data, str(refused))
+
+
+async def test_moderation_events_spend_the_chat_budget(connect, server):
+    alice, _bob, _carol = await _lobby(connect)
+    burst = server.settings.rate_burst
+    answers = await alice.burst(
+        "mute", lambda i: {"room": "lobby", "username": "bob", "seconds": 60}, burst + 5
+    )
+    codes = {f["data"]["code"] for f in answers if f["event"] == "error"}
+    assert codes == {"rate_limited"}
+
+
+# --- deleteChat by the owner (2.3 + 2.4) -------------------------------------------------------
+
+
+async def test_the_owner_may_delete_anyones_message_and_others_may_not(connect):
+    alice, bob, carol = await _lobby(connect)
+    said = await bob.say("lobby", "spam")
+    refused = await _refused(carol, "deleteChat", {"room": "lobby", "id": said["id"]})
+    assert refused.code == "forbidden"
+    gone = await alice.request("deleteChat", {"room": "lobby", "id": said["id"]})
+    assert gone["deleted"] is True and gone["body"] == ""
+    assert (await carol.event("deleteChat", "lobby"))["data"]["id"] == said["id"]
+
+
+# --- the gateway's cache -------------------------------------------------------------------------
+
+
+async def test_an_older_state_never_replaces_a_newer_one(server):
+    moderation = server.system.gateway.moderation
+    newer = RoomModeration(room="r", version=3, bans=(Sanction(key="bob", username="bob"),))
+    assert moderation.learn(newer) is newer
+    assert moderation.learn(RoomModeration(room="r", version=2)) is newer
+    same = RoomModeration(room="r", version=3)
+    assert moderation.learn(same) is same
+
+
+async def test_after_a_gap_the_state_is_asked_again(connect, server):
+    alice, bob, _carol = await _lobby(connect)
+    await alice.request("mute", {"room": "lobby", "username": "bob", "seconds": 600})
+    await server.system.gateway.moderation._on_gap()  # deliveries may have been lost
+    assert (await _refused(bob, "updateChat", _chat(bob))).code == "muted"
+
+
+@pytest.mark.settings(request_timeout=1)
+async def test_presence_away_leaves_chat_open_and_says_so(connect, server):
+    alice, bob, _carol = await _lobby(connect)
+    await alice.request("mute", {"room": "lobby", "username": "bob", "seconds": 600})
+    gateway = server.system.gateway
+    await gateway.moderation._on_gap()
+    await server.system.presence.stop()
+    with capture_logs() as logs:
+        await bob.say("lobby", "presence is away")
+        refused = await _refused(alice, "kick", {"room": "lobby", "username": "carol"})
+    assert refused.code == "unavailable"
+    assert _logged(logs, "moderation state unknown; not enforced", room="lobby")
+
+
+async def test_a_ban_heard_late_is_still_carried_out(connect, server):
+    """A state that bans a user still in the room (its change was missed) kicks them."""
+    alice, bob, _carol = await _lobby(connect)
+    await server.rooms.add_sanction("lobby", "ban", Sanction(key="bob", username="bob"), 0)
+    state = await server.rooms.get_moderation("lobby")
+    change = ModerationChange(action="unmute", username="carol", by="alice", state=state)
+    await server.system.bus.publish(topics.moderation_change("lobby"), rpc.encode(change))
+    assert (await bob.event("kicked", "lobby"))["data"] == {"room": "lobby", "by": "alice"}
+    await alice.users("lobby", ["alice", "carol"])
+
+
+async def test_a_malformed_broadcast_is_dropped_and_logged(connect, server):
+    _alice, bob, _carol = await _lobby(connect)
+    with capture_logs() as logs:
+        await server.system.bus.publish(topics.moderation_change("lobby"), b'{"state": 1}')
+        await bob.say("lobby", "still fine")
+    assert _logged(logs, "malformed moderation change dropped", key="moderation.lobby")
