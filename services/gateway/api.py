@@ -1,11 +1,12 @@
 """The gateway's HTTP API: a room's history page by page, and its active users.
 
 Private rooms answer only to `Authorization: Bearer SESSION` with the session of one of their two
-members. Every error is `{"code", "message"}` with the WebSocket protocol's codes.
+members, or a signed-in member's token. Every error is `{"code", "message"}` with the WebSocket protocol's codes.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Annotated, Literal, NotRequired, cast
 
 from pydantic import BaseModel, Field, PlainSerializer
@@ -19,6 +20,7 @@ from roomcast.shared.names import InvalidNameError, normalise_room
 from roomcast.shared.sessions import session_hash
 
 from .apikeys import backend_caller
+from .auth.tokens import TokenError
 from .gateway import ChatGateway
 from .protocol import ProtocolError
 
@@ -68,7 +70,10 @@ class ApiError(BaseModel):
 class AuthHeaders(BaseModel):
     authorization: str | None = Field(
         None,
-        description="`Bearer SESSION` (a member's) or `Bearer <API key>`: for a private room.",
+        description=(
+            "`Bearer SESSION` or `Bearer TOKEN` (a member's) or `Bearer <API key>`: for a "
+            "private room."
+        ),
     )
 
 
@@ -97,6 +102,10 @@ async def _users(room: str) -> rpc.UsersReply:
         username = gateway.signer.username_of(session)
         if username is not None:
             hashed = session_hash(session)
+        elif gateway.tokens.configured:  # a signed-in member's token (2.4)
+            with suppress(TokenError):
+                identity = await gateway.tokens.verify(session)
+                username, hashed = identity.username, identity.key
     reply = await gateway.presence.users(room, username, hashed)
     if not reply.allowed:
         raise ProtocolError("room_private", f"room {room!r} is private; send a member's session")

@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Any, NamedTuple
 
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -249,3 +250,23 @@ async def test_rs256_tokens_from_a_jwks_endpoint_sign_in():
                 assert error.code == "unauthorized" and "'kid-9'" in error.message
             finally:
                 await client.close()
+
+
+async def test_a_signed_in_member_reads_its_private_room_over_http_with_its_token(connect, server):
+    token = hs256(sub="u-pia", name="pia")
+    pia, bob = await connect(), await connect()
+    await sign_in(pia, token)
+    await bob.join("bob")
+    await pia.request("userJoin", {"room": "dm-pia"})
+    await pia.request("newRoom", {"username2": "bob", "room": "dm-pia"})
+    await bob.join("bob", room="dm-pia")
+    await pia.say("dm-pia", "between us")
+    url = f"{server.http}/api/rooms/dm-pia/messages"
+    async with httpx.AsyncClient() as http:
+        ok = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200
+        assert [m["body"] for m in ok.json()["messages"]] == ["between us"]
+        for bad in (hs256(sub="u-other", name="pia"), hs256(sub="u-pia", name="pia", ttl=-5)):
+            refused = await http.get(url, headers={"Authorization": f"Bearer {bad}"})
+            assert refused.status_code == 403
+            assert refused.json()["code"] == "room_private"
