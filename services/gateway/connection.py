@@ -91,6 +91,7 @@ class Limiters:
     typing: TokenBucket
     joins: TokenBucket  # userJoin and userLeave together
     invites: TokenBucket
+    reads: TokenBucket  # markRead: each one is a request to history and a write
 
 
 class Connection:

@@ -112,6 +112,7 @@ class ChatGateway:
                 typing=TokenBucket(s.typing_per_second, s.typing_burst),
                 joins=TokenBucket(s.join_per_second, s.join_burst),
                 invites=TokenBucket(s.invite_per_second, s.invite_burst),
+                reads=TokenBucket(s.rate_per_second, s.rate_burst),
             ),
         )
         self.membership.open(conn)

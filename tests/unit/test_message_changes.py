@@ -313,7 +313,9 @@ async def test_malformed_changes_are_invalid(connect, event, data):
 
 
 @pytest.mark.settings(rate_burst=2, rate_per_second=0.001)
-async def test_edits_deletes_and_reactions_share_the_chat_budget(connect, server):
+async def test_edits_deletes_and_reactions_share_the_chat_budget_markers_have_theirs(
+    connect, server
+):
     alice = await joined(connect, "alice")
     sent = await alice.say(ROOM, "one")
     await alice.request("editChat", change(ROOM, sent["id"], body="two"))
@@ -322,8 +324,13 @@ async def test_edits_deletes_and_reactions_share_the_chat_budget(connect, server
             alice, "react", change(ROOM, sent["id"], emoji="👍", add=True), "rate_limited"
         )
     assert (await stored(server, sent["id"])).reactions is None
-    # reading is not writing: markRead has no budget to spend
+    # markRead has a budget of its own: the chat budget being spent does not stop it...
     assert (await alice.request("markRead", change(ROOM, sent["id"])))["id"] == sent["id"]
+    await alice.request("markRead", change(ROOM, sent["id"]))
+    # ...but it has one: a flood of markers (each a history request and a write) is refused
+    with refusal_checked("rate_limited"):
+        error = await refused(alice, "markRead", change(ROOM, sent["id"]), "rate_limited")
+    assert "read markers" in error["data"]["message"]
 
 
 @pytest.mark.settings(request_timeout=0.5)

@@ -2,7 +2,8 @@
 
 Markers belong to the user's identity (the session), so every connection of the user learns the
 new marker (`readMarker` `{room, id}`), and in a private room the other member gets a seen
-receipt (`readMarker` `{room, username, id}`).
+receipt (`readMarker` `{room, username, id}`). Each marker is a request to history and a write,
+so a connection has a budget of its own for them (as many as messages, but not shared with them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from roomcast.shared.topics import Header
 from ..connection import Connection
 from ..protocol import MarkReadData, event_frame
 from . import changes
-from .guards import joined
+from .guards import joined, within
 
 if TYPE_CHECKING:
     from ..gateway import ChatGateway
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 async def handle(gw: ChatGateway, conn: Connection, data: MarkReadData) -> dict[str, object]:
     member = joined(gw, conn, data.room, "marking")
+    within(conn.limiters.reads, gw.settings.rate_per_second, "read markers")
     assert conn.username is not None
     result = await gw.history.change(data.room, changes.request(gw, conn, "markRead", data.id))
     marker = str(result["id"])
