@@ -163,7 +163,7 @@ def test_the_key_is_a_fixed_point() -> None:
         assert username_key(key) == key
 
 
-# --- compatibility: is_valid_name for the gateway's current callers ---------------------------
+# --- is_valid_name: already in normal form and valid (what backend_api.py checks) -----------
 
 
 def test_is_valid_name_accepts_only_normal_valid_names() -> None:
