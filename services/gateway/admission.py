@@ -21,17 +21,13 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
 import structlog
-from prometheus_client import Counter
 
 from roomcast.shared.config import Settings, normalise_origin
 
 from .logthrottle import LogThrottle
+from .metrics import HANDSHAKES_REFUSED
 
 log = structlog.get_logger(__name__)
-
-REFUSED = Counter(
-    "roomcast_handshakes_refused_total", "WebSocket handshakes refused, by reason", ["reason"]
-)
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -94,7 +90,7 @@ class Admission:
 
     def refuse(self, reason: str, status: int, body: bytes, address: str, **extra: str) -> Refusal:
         """Count and log a refusal (throttled), and return the answer to send."""
-        REFUSED.labels(reason).inc()
+        HANDSHAKES_REFUSED.labels(reason).inc()
         left_out = self._throttle.allow(reason)
         if left_out is not None:
             more: dict[str, object] = {"left_out": left_out} if left_out else {}

@@ -1,4 +1,5 @@
-"""The gateway's Prometheus metrics (served at /metrics)."""
+"""The gateway's Prometheus metrics (served at /metrics), all in one place: their names are
+what dashboards and alerts depend on."""
 
 from __future__ import annotations
 
@@ -15,4 +16,11 @@ FANOUT = Histogram(
     "roomcast_gateway_fanout_seconds",
     "From publish to the event queued on every local socket of the room",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+HANDSHAKES_REFUSED = Counter(
+    "roomcast_handshakes_refused_total", "WebSocket handshakes refused, by reason", ["reason"]
+)
+PING_TIMEOUTS = Counter(
+    "roomcast_gateway_ping_timeouts_total",
+    "Sockets closed because the peer answered neither a ping nor a close in time",
 )

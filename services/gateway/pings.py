@@ -28,10 +28,10 @@ from hypercorn.config import Config
 from hypercorn.protocol import h2, h11, ws_stream
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import StreamClosed
-from prometheus_client import Counter
 from wsproto.events import CloseConnection, Event, Ping, Pong
 
 from .logthrottle import LogThrottle
+from .metrics import PING_TIMEOUTS
 
 log = structlog.get_logger(__name__)
 
@@ -40,11 +40,6 @@ _TIMEOUT = "_roomcast_ping_timeout"  # where `enable_pings` leaves the timeout o
 _CLOSE_FRAME_WAIT = 1.0  # seconds to try to hand a dead peer its close frame
 
 _LOG = LogThrottle()  # a network outage drops thousands of peers at once
-
-PING_TIMEOUTS = Counter(
-    "roomcast_gateway_ping_timeouts_total",
-    "Sockets closed because the peer answered neither a ping nor a close in time",
-)
 
 
 class PingingWSStream(ws_stream.WSStream):
