@@ -175,6 +175,8 @@ class Connection:
         self.identity = identity
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._writer is not None and self._writer.done():
+            return  # the socket is gone already (a join that finished after it closed)
         delay = max(0.0, identity.exp - wall())
         self._deadline = asyncio.get_running_loop().call_later(delay, on_expiry, self)
 

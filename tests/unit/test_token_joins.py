@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import fields
 from typing import Any, NamedTuple
 
 import httpx
@@ -12,6 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from roomcast.gateway.auth.signin import CLOSE_UNAUTHORIZED
+from roomcast.gateway.connection import Connection, Limiters
+from roomcast.gateway.ratelimit import TokenBucket
+from roomcast.shared.auth import Identity
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.inprocess import running
 from tests.support.tokens import JWT_SECRET, SigningKey, claims, hs256, jwks_server
@@ -270,3 +274,60 @@ async def test_a_signed_in_member_reads_its_private_room_over_http_with_its_toke
             refused = await http.get(url, headers={"Authorization": f"Bearer {bad}"})
             assert refused.status_code == 403
             assert refused.json()["code"] == "room_private"
+
+
+async def test_a_name_kept_for_an_anonymous_session_goes_to_a_signed_in_user(connect):
+    first = await connect()
+    await first.join("quinn")
+    await first.close()
+    squatter = await connect()
+    async with asyncio.timeout(10):  # until presence has seen the close and kept the name
+        while True:
+            error = await refusal(squatter, "userJoin", {"username": "quinn", "room": "main"})
+            if "kept for the user" in error.message:
+                break
+            await asyncio.sleep(0.05)
+    signed_in = await connect()
+    assert (await sign_in(signed_in, hs256(sub="u-quinn", name="quinn")))["username"] == "quinn"
+
+
+@pytest.mark.settings(jwt_secret=JWT_SECRET, join_burst=3, join_per_second=0.01)
+async def test_refreshes_share_the_join_budget(connect):
+    client = await connect()
+    await sign_in(client, hs256(sub="u-ray", name="ray"))
+    token = hs256(sub="u-ray", name="ray")
+    for _ in range(2):
+        await client.request("refresh", {"token": token})
+    error = await refusal(client, "refresh", {"token": token})
+    assert error.code == "rate_limited" and "refreshes" in error.message
+
+
+async def test_a_connection_that_closed_arms_no_expiry_timer():
+    """A join may finish after its socket closed: signing that connection in must not keep it
+    (and a timer) alive until the token's expiry."""
+    conn = Connection(
+        _ignore,
+        _ignore,
+        ticker=None,
+        queue_bytes=1 << 20,
+        queue_seconds=10,
+        limiters=Limiters(*(TokenBucket(1, 1) for _ in fields(Limiters))),
+    )
+    expired: list[Connection] = []
+    identity = Identity("u-sam", "sam", None, frozenset(), exp=0)
+
+    async def gone() -> str:
+        raise ConnectionError("the client went away")
+
+    await conn.serve(gone, _ignore_frame, 1 << 16)
+    conn.sign_in(identity, expired.append, time.time)
+    await asyncio.sleep(0.05)
+    assert expired == [] and conn.identity is identity
+
+
+async def _ignore(_: object) -> None:
+    return None
+
+
+async def _ignore_frame(_: Connection, __: object) -> None:
+    return None
