@@ -325,3 +325,8 @@ async def test_hs256_is_refused_when_only_a_key_set_is_configured(rsa_key):
         message = await refused(verifier, hs256(JWT_SECRET))
         assert message == "tokens signed with 'HS256' are not accepted; use RS256, ES256"
         assert server.requests == 0
+
+
+async def test_a_header_pyjwt_refuses_is_unauthorized_not_internal():
+    token = jwt.encode(claims(), JWT_SECRET, algorithm="HS256", headers={"crit": []})
+    assert "crit" in await refused(hs_verifier(), token)

@@ -91,6 +91,8 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
             raise TokenError("the token is not a well-formed JWT") from None
+        except jwt.PyJWTError as exc:  # a header PyJWT refuses (crit, ...)
+            raise TokenError(_why(exc)) from None
         alg = header.get("alg")
         key = await self._key(alg, header.get("kid"))
         try:
