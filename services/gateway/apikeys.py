@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hmac
 
+import structlog
 from quart import current_app, request
 
 from roomcast.shared.config import Settings
 from roomcast.shared.errors import ProtocolError
 
+from .logthrottle import LogThrottle
 from .ratelimit import TokenBucket
+
+log = structlog.get_logger(__name__)
 
 _EXTENSION = "roomcast.backend_keys"
 
@@ -27,6 +31,7 @@ class BackendKeys:
     def __init__(self, keys: tuple[bytes, ...], rate: float, burst: int) -> None:
         self._keys = keys
         self._buckets = [TokenBucket(rate, burst) for _ in keys]
+        self._refusals = LogThrottle(burst=5, window=10.0)  # a guessing client: sampled
 
     @classmethod
     def of(cls, settings: Settings) -> BackendKeys:
@@ -49,6 +54,18 @@ class BackendKeys:
         if not self._buckets[index].take():
             raise ProtocolError("rate_limited", "too many backend API requests for this key")
 
+    def refuse(self, header: str | None) -> ProtocolError:
+        """The 401 of a request without a key, logged (a few lines per 10 s per reason)."""
+        reason = "no Authorization header" if header is None else "not a key of ROOMCAST_API_KEY"
+        left_out = self._refusals.allow(reason)
+        if left_out is not None:
+            log.warning(
+                "backend API key refused", path=request.path, reason=reason, left_out=left_out
+            )
+        return ProtocolError(
+            "unauthorized", f"the backend API needs 'Authorization: Bearer <API key>' ({reason})"
+        )
+
 
 def install(extensions: dict[str, object], settings: Settings) -> None:
     """Keep the keys where requests find them (called by `create_app`)."""
@@ -58,11 +75,19 @@ def install(extensions: dict[str, object], settings: Settings) -> None:
 def backend_caller() -> bool:
     """Whether the current request carries an API key, spending one request of its budget
     (`rate_limited` past it)."""
-    keys = current_app.extensions.get(_EXTENSION)
-    if not isinstance(keys, BackendKeys):
-        return False
-    index = keys.match(request.headers.get("Authorization", ""))
+    index = _keys().match(request.headers.get("Authorization", ""))
     if index is None:
         return False
-    keys.spend(index)
+    _keys().spend(index)
     return True
+
+
+def require_key() -> None:
+    """Refuse the current request `unauthorized` unless it carries an API key."""
+    if not backend_caller():
+        raise _keys().refuse(request.headers.get("Authorization"))
+
+
+def _keys() -> BackendKeys:
+    keys: BackendKeys = current_app.extensions[_EXTENSION]
+    return keys

@@ -13,9 +13,8 @@ from structlog.testing import capture_logs
 
 from roomcast.shared import rpc, topics
 from roomcast.shared.moderation import ModerationChange, RoomModeration, RoomOwner, Sanction
-from roomcast.shared.sessions import session_hash
-from roomcast.shared.store.base import RoomMember
 from tests.support.chat_client import ChatClient, RefusedError
+from tests.support.moderation import logged, private_pair
 
 pytestmark = pytest.mark.unit
 
@@ -24,12 +23,6 @@ async def _refused(client: ChatClient, event: str, data: dict[str, object]) -> R
     with pytest.raises(RefusedError) as refused:
         await client.request(event, data)
     return refused.value
-
-
-def _logged(logs: list[dict[str, object]], event: str, **fields: object) -> bool:
-    return any(
-        line["event"] == event and all(line.get(k) == v for k, v in fields.items()) for line in logs
-    )
 
 
 async def _lobby(connect) -> tuple[ChatClient, ChatClient, ChatClient]:
@@ -53,7 +46,7 @@ async def test_the_first_joiner_owns_a_public_room_and_nobody_owns_main(connect,
         alice, bob, _carol = await _lobby(connect)
     state = await server.rooms.get_moderation("lobby")
     assert state.owner is not None and state.owner.username == "alice"
-    assert _logged(logs, "room owned", room="lobby", owner="alice")
+    assert logged(logs, "room owned", room="lobby", owner="alice")
     # a second joiner owns nothing
     refused = await _refused(bob, "kick", {"room": "lobby", "username": "carol"})
     assert refused.code == "forbidden" and "owner of room 'lobby'" in str(refused)
@@ -79,14 +72,7 @@ async def test_ownership_is_bound_to_the_session_not_the_name(connect, server):
 
 
 async def test_a_private_room_has_no_owner(connect, server):
-    alice, bob = await connect(), await connect()
-    await alice.join("alice")
-    await bob.join("bob")
-    pair = (
-        RoomMember("alice", session_hash(alice.session)),
-        RoomMember("bob", session_hash(bob.session)),
-    )
-    await server.rooms.make_private("dm", pair)
+    alice, bob = await private_pair(connect, server.rooms, "dm")
     await alice.join("alice", room="dm")
     await bob.join("bob", room="dm")
     assert (await server.rooms.get_moderation("dm")).owner is None
@@ -112,8 +98,8 @@ async def test_mute_refuses_chat_typing_and_react_in_that_room_only(connect, ser
     for refused in (chat, typing, react):
         assert refused.code == "muted"
         assert "muted in room 'lobby'" in str(refused) and "more seconds" in str(refused)
-    assert _logged(logs, "room moderated", action="mute", room="lobby", username="bob", by="alice")
-    assert _logged(logs, "muted user refused", room="lobby", username="bob")
+    assert logged(logs, "room moderated", action="mute", room="lobby", username="bob", by="alice")
+    assert logged(logs, "muted user refused", room="lobby", username="bob")
     await carol.settle()
     assert all(f["data"].get("body") != "hello" for f in carol.received("updateChat", "lobby"))
     await bob.say("main", "still here")  # other rooms are not affected
@@ -177,10 +163,8 @@ async def test_kick_takes_every_connection_of_the_user_out_of_the_room(connect):
             left = await client.event("userLeave", "lobby")
             assert left["data"] == {"username": "bob", "room": "lobby"}
             await client.users("lobby", ["alice", "carol"])
-    assert (
-        sum(_logged([line], "kicked from room", room="lobby", username="bob") for line in logs) == 2
-    )
-    assert _logged(logs, "room moderated", action="kick", room="lobby", by="alice")
+    assert logged(logs, "kicked from room", room="lobby", username="bob") == 2
+    assert logged(logs, "room moderated", action="kick", room="lobby", by="alice")
     refused = await _refused(bob, "updateChat", _chat(bob))
     assert refused.code == "not_joined"
     await carol.say("lobby", "bob is out")
@@ -201,7 +185,7 @@ async def test_ban_kicks_and_refuses_later_joins_until_unbanned(connect, server)
         await carol.users("lobby", ["alice", "carol"])
         refused = await _refused(bob, "userJoin", {"username": "bob", "room": "lobby"})
     assert refused.code == "banned" and "banned from room 'lobby'" in str(refused)
-    assert _logged(logs, "banned user refused", room="lobby", username="bob")
+    assert logged(logs, "banned user refused", room="lobby", username="bob")
     # another connection of the same user is the same user
     other = await connect()
     join = {"username": "bob", "room": "lobby", "session": bob.session}
@@ -240,7 +224,7 @@ async def test_only_owners_and_moderators_may_moderate(connect):
             assert refused.code == "forbidden", event
             assert f"may {event} in it" in str(refused)
     for event in ("mute", "unmute", "kick", "ban", "unban"):
-        assert _logged(logs, "moderation refused", action=event, by="bob", code="forbidden")
+        assert logged(logs, "moderation refused", action=event, by="bob", code="forbidden")
     await carol.say("lobby", "nothing happened to me")
 
 
@@ -320,7 +304,7 @@ async def test_presence_away_leaves_chat_open_and_says_so(connect, server):
         await bob.say("lobby", "presence is away")
         refused = await _refused(alice, "kick", {"room": "lobby", "username": "carol"})
     assert refused.code == "unavailable"
-    assert _logged(logs, "moderation state unknown; not enforced", room="lobby")
+    assert logged(logs, "moderation state unknown; not enforced", room="lobby")
 
 
 async def test_a_ban_heard_late_is_still_carried_out(connect, server):
@@ -334,9 +318,9 @@ async def test_a_ban_heard_late_is_still_carried_out(connect, server):
     await alice.users("lobby", ["alice", "carol"])
 
 
-async def test_a_malformed_broadcast_is_dropped_and_logged(connect, server):
+async def test_a_malformed_broadcast_is_dropped_andlogged(connect, server):
     _alice, bob, _carol = await _lobby(connect)
     with capture_logs() as logs:
         await server.system.bus.publish(topics.moderation_change("lobby"), b'{"state": 1}')
         await bob.say("lobby", "still fine")
-    assert _logged(logs, "malformed moderation change dropped", key="moderation.lobby")
+    assert logged(logs, "malformed moderation change dropped", key="moderation.lobby")
