@@ -20,11 +20,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from importlib import metadata
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from . import report, worker
@@ -50,6 +51,7 @@ SETTLE_QUIET = 1.5  # seconds without any frame before the measured phase starts
 SETTLE_LIMIT = 60.0
 FANOUT_METRIC = "roomcast_gateway_fanout_seconds"
 MB = 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -72,6 +74,9 @@ class Options:
     quiet: bool = False
     faults: str | None = None  # chaos: which faults, comma-separated (default: all)
     down: float = 0.0  # chaos: seconds each fault lasts before the restart
+    sweep: bool = False  # step the rate until p99 passes `limit` (sweep.py)
+    limit: float = 50.0  # --sweep: the p99 limit, ms
+    steps: int = 8  # --sweep: measurements per system, at most
 
 
 class BenchError(Exception):
@@ -474,32 +479,19 @@ class Bench:
         return done
 
     # the whole run ------------------------------------------------------------------------------
-    async def main(self) -> dict[str, Any]:
-        from roomcast.shared.secantus import SecantusServer
-
-        systems = ["roomcast"] + ([self.options.vs] if self.options.vs else [])
-        outcomes: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """The run's database (unless only a running target is measured) and work dir: the
+        logs are kept when the run fails, removed otherwise."""
         failed = False
         try:
             with self.progress:
                 if not self.options.target or self.options.vs:
+                    from roomcast.shared.secantus import SecantusServer
+
                     self.db = SecantusServer(self.workdir / "db")
                     await self.db.start()
-                for round_ in range(self.options.rounds):
-                    order = systems if round_ % 2 == 0 else list(reversed(systems))
-                    for system in order:
-                        deployment = self._deployment(system)
-                        self.progress.phase(f"{system}: starting", 1)
-                        await deployment.start()
-                        try:
-                            tag = f"{self.run_id}{round_}{system[0]}"
-                            outcomes[system].append(await self.measure(system, deployment, tag))
-                        except BaseException:
-                            self.progress.note(deployment.logs())
-                            raise
-                        finally:
-                            self.progress.phase(f"{system}: stopping", 1)
-                            await deployment.stop()
+                yield
         except BaseException:
             failed = True
             raise
@@ -510,6 +502,32 @@ class Bench:
                 self.progress.note(f"roomcast bench: logs kept in {self.workdir}")
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @contextlib.asynccontextmanager
+    async def deployed(self, system: str) -> AsyncIterator[Deployment]:
+        """A fresh deployment of `system`, stopped after (its logs shown when it failed)."""
+        deployment = self._deployment(system)
+        self.progress.phase(f"{system}: starting", 1)
+        await deployment.start()
+        try:
+            yield deployment
+        except BaseException:
+            self.progress.note(deployment.logs())
+            raise
+        finally:
+            self.progress.phase(f"{system}: stopping", 1)
+            await deployment.stop()
+
+    async def main(self) -> dict[str, Any]:
+        systems = ["roomcast"] + ([self.options.vs] if self.options.vs else [])
+        outcomes: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+        async with self.session():
+            for round_ in range(self.options.rounds):
+                order = systems if round_ % 2 == 0 else list(reversed(systems))
+                for system in order:
+                    async with self.deployed(system) as deployment:
+                        tag = f"{self.run_id}{round_}{system[0]}"
+                        outcomes[system].append(await self.measure(system, deployment, tag))
         return self.result(outcomes)
 
     def result(self, outcomes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -633,22 +651,36 @@ def run(options: Options) -> dict[str, Any]:
         workers=options.workers,
         batch=options.batch,
     )
-    worker.raise_fd_limit()
-    from roomcast.shared.logging import configure_logging
+    if config.mode == "reconnect":
+        from . import reconnect
 
-    configure_logging("warning", "console")
+        return reconnect.run(options, config)
+    if options.sweep:
+        from . import sweep
 
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # asyncio.run cancels the run, which stops what it started
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        result = asyncio.run(Bench(options, config).main())
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return sweep.run(options, config)
+    result = drive(Bench(options, config).main)
     report.print_table(result)
     if options.json_path is not None:
         report.write_json(result, options.json_path)
     if options.plot_path is not None:
         report.plot(result, options.plot_path)
     return result
+
+
+def drive(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run one bench coroutine: file limit raised, services' logs quiet, SIGTERM as Ctrl-C
+    (asyncio.run then cancels the run, which stops what it started)."""
+    worker.raise_fd_limit()
+    from roomcast.shared.logging import configure_logging
+
+    configure_logging("warning", "console")
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        return asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGTERM, previous)

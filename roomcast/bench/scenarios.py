@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-Mode = Literal["chat", "joins", "idle"]
+Mode = Literal["chat", "joins", "idle", "reconnect"]
 Role = Literal["sender", "reader", "loader"]
 
 
@@ -76,6 +76,17 @@ PRESETS: dict[str, Preset] = {
             senders_per_room=0,
             rate=0.0,
             duration=10.0,
+        ),
+        Preset(
+            "reconnect-storm",
+            "a gateway holding every client is killed; they come back on the others with since",
+            "reconnect",
+            clients=1000,
+            gateways=3,
+            room_size=100,
+            senders_per_room=0,
+            rate=20.0,  # chat messages per second in all, by writers on the other gateways
+            duration=60.0,  # how long after the kill a client may take to be recovered
         ),
     )
 }

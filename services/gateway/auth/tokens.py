@@ -156,7 +156,7 @@ class TokenVerifier:
             username=username,
             rooms=rooms,
             roles=frozenset(claims.roles),
-            exp=float(claims.exp),
+            exp=claims.exp,  # as the token has it: an int stays an int on the wire
         )
 
 

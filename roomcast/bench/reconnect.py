@@ -1,0 +1,214 @@
+"""`roomcast bench reconnect-storm`: SIGKILL a gateway that holds N clients and measure how long
+until every one of them is back, joined and recovered by `since` on the other gateways.
+
+1. A deployment of G gateways (default 3). The N users (default 1,000) connect to the first and
+   join rooms of about 100; one writer per room joins on the others and posts, so every user
+   has a message id to come back from.
+2. The writers chat at `--rate` messages per second in all, before, during and after the storm.
+3. The first gateway is killed (SIGKILL: no close frame, no `gone` to presence). Each user, once
+   its socket drops, reconnects as the web client does (equal-jitter backoff from 1 s) to a
+   surviving gateway (the next one on each retry) and joins with its session and `since`.
+4. A user is *recovered* when its join's ack says `"recovered": true` and its `msgHistory` came;
+   the time is counted from the kill. A user still not recovered `--duration` seconds after the
+   kill, or whose join came back without history or with `"recovered": false`, is reported by
+   name with why.
+5. Afterwards the writers stop, the clients settle, and each recovered user's view is checked:
+   every message a writer had acknowledged in its room since everyone joined must have reached
+   it once (from `msgHistory` or live): `missing` and `duplicates` count what did not.
+
+One process drives every client (the minimal client of `wsclient`, uvloop where the bench runs
+on it); its CPU is in the report, and the services' CPU over the storm by role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from . import reconnectreport, report
+from .deploy import Deployment, Monitor
+from .reconnectclient import StormClient
+from .runner import Bench, BenchError, Options, drive
+from .scenarios import Config, room_name
+from .worker import cpu_seconds
+
+CONNECT_WINDOW = 64
+JOIN_WINDOW = 32
+WARM_S = 1.0  # writers chat this long before the kill
+QUIET_S = 1.0  # no new message for this long: the clients have settled
+SETTLE_LIMIT_S = 15.0
+
+
+async def _each(
+    clients: Iterable[StormClient], window: int, do: Callable[[StormClient], Awaitable[None]]
+) -> None:
+    gate = asyncio.Semaphore(window)
+
+    async def one(client: StormClient) -> None:
+        async with gate:
+            try:
+                await do(client)
+            except Exception as exc:
+                client.error(f"setup_{type(exc).__name__}")
+                client.failure = f"setup: {type(exc).__name__}"
+
+    await asyncio.gather(*(one(c) for c in clients))
+
+
+async def _setup(client: StormClient, url: str) -> None:
+    await client.open(url)
+    await client.join()
+
+
+async def _write(writer: StormClient, interval: float, stop: asyncio.Event) -> None:
+    """Open loop: one message every `interval` seconds, whatever the acks do."""
+    pending: set[asyncio.Task[None]] = set()
+    n = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        n += 1
+        task = asyncio.create_task(writer.say(f"storm {n}"))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        next_at += interval
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+    for result in await asyncio.gather(*pending, return_exceptions=True):
+        if isinstance(result, BaseException):
+            writer.error(f"chat_{type(result).__name__}")
+
+
+class Storm:
+    def __init__(self, options: Options, config: Config) -> None:
+        if config.gateways < 2:
+            raise ValueError("reconnect-storm needs at least 2 gateways (one of them is killed)")
+        if options.vs or options.target or options.sweep or options.rounds != 1:
+            raise ValueError("reconnect-storm takes no --vs, --target, --sweep or --rounds")
+        if config.rate <= 0:
+            raise ValueError("reconnect-storm needs a positive --rate (the writers' messages)")
+        self.options = options
+        self.config = config
+        self.bench = Bench(options, config)
+        self.rng = random.Random(self.bench.run_id)
+
+    async def main(self) -> dict[str, Any]:
+        async with self.bench.session(), self.bench.deployed("roomcast") as deployment:
+            measured = await self.storm(deployment)
+        return self.result(measured)
+
+    async def storm(self, deployment: Deployment) -> dict[str, Any]:
+        cfg, progress, rid = self.config, self.bench.progress, self.bench.run_id
+        victim = next(s for s in deployment.services if s.role == "gateway")
+        survivors = deployment.urls[1:]
+        users = [
+            StormClient(i, f"s{rid}-{i}", room_name(rid, i % cfg.rooms)) for i in range(cfg.clients)
+        ]
+        writers = [StormClient(r, f"w{rid}-{r}", room_name(rid, r)) for r in range(cfg.rooms)]
+        progress.phase(f"connect and join {cfg.clients} users", 1)
+        await _each(users, CONNECT_WINDOW, lambda u: _setup(u, deployment.urls[0]))
+        await _each(writers, JOIN_WINDOW, lambda w: _setup(w, survivors[w.index % len(survivors)]))
+        absent = [c.username for c in users + writers if c.session is None]
+        if absent:
+            raise BenchError(f"{len(absent)} clients could not join before the kill: {absent[:5]}")
+        for writer in writers:  # every user gets an id to come back from
+            await writer.say("before the storm")
+        await self._until(lambda: all(u.last_id for u in users), SETTLE_LIMIT_S)
+        t_ready = time.monotonic()
+        stop = asyncio.Event()
+        interval = cfg.rooms / cfg.rate
+        writing = [asyncio.create_task(_write(w, interval, stop)) for w in writers]
+        await asyncio.sleep(WARM_S)
+        roles = {k: v for k, v in deployment.pids().items()}
+        roles["gateway"] = [p for p in roles.get("gateway", []) if p != victim.pid]
+        monitor = Monitor(roles)
+        cpu0, own0 = monitor.cpu(), cpu_seconds()
+        t_kill = time.monotonic()
+        assert victim.process is not None
+        victim.process.send_signal(signal.SIGKILL)
+        deadline = t_kill + cfg.duration
+        progress.phase("storm: users recovered", cfg.clients)
+        back = asyncio.gather(*(u.come_back(survivors, deadline, self.rng) for u in users))
+        while not back.done():
+            await asyncio.wait([back], timeout=0.25)
+            done = sum(1 for u in users if u.recovered_at is not None)
+            progress.update(done, f"{done:,} of {cfg.clients:,} recovered")
+        t_end = time.monotonic()
+        cpu1, own1 = monitor.cpu(), cpu_seconds()
+        await asyncio.sleep(WARM_S)
+        stop.set()
+        await asyncio.gather(*writing)
+        await self._settle(users)
+        for client in users + writers:
+            client.close()
+        return {
+            "users": users,
+            "writers": writers,
+            "t_ready": t_ready,
+            "t_kill": t_kill,
+            "storm_s": t_end - t_kill,
+            "server_cpu_by_role_s": {
+                role: round(s, 3) for role, s in monitor.by_role(_delta(cpu0, cpu1)).items()
+            },
+            "loadgen_cpu_s": round(own1 - own0, 3),
+        }
+
+    async def _until(self, ready: Callable[[], bool], limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while not ready() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    async def _settle(self, users: list[StormClient]) -> None:
+        """Until no user has seen a new message for `QUIET_S` (at most `SETTLE_LIMIT_S`)."""
+        deadline = time.monotonic() + SETTLE_LIMIT_S
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            seen = sum(len(u.seen) for u in users)
+            if seen != last:
+                last, since = seen, time.monotonic()
+            elif time.monotonic() - since >= QUIET_S:
+                return
+            await asyncio.sleep(0.1)
+
+    def result(self, measured: dict[str, Any]) -> dict[str, Any]:
+        base = self.bench.result({})
+        entry = reconnectreport.summarize(
+            measured["users"], measured["writers"], measured["t_ready"], measured["t_kill"]
+        )
+        entry["storm_s"] = round(measured["storm_s"], 3)
+        entry["server_cpu_by_role_s"] = measured["server_cpu_by_role_s"]
+        entry["loadgen_cpu_s"] = measured["loadgen_cpu_s"]
+        return {
+            **{k: base[k] for k in ("tool", "schema", "scenario", "machine", "command")},
+            "params": {
+                **base["params"],
+                "senders": self.config.rooms,
+                "killed": "the first gateway, SIGKILL",
+                "backoff": "equal jitter from 1 s, doubling to 30 s (the web client's)",
+            },
+            "systems": {"roomcast": entry},
+            "ratio": None,
+            "notes": [
+                "load generator, servers, RabbitMQ and the database share this machine; one "
+                "process drives every client (loadgen_cpu_s); times count from the kill",
+                *(n for n in base["notes"] if "RATE_PER_SECOND" in n or "batch=1" in n),
+            ],
+        }
+
+
+def _delta(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    return {pid: after.get(pid, 0.0) - before.get(pid, 0.0) for pid in after}
+
+
+def run(options: Options, config: Config) -> dict[str, Any]:
+    result = drive(Storm(options, config).main)
+    reconnectreport.print_table(result)
+    if options.json_path is not None:
+        report.write_json(result, options.json_path)
+    if options.plot_path is not None:
+        reconnectreport.plot(result, options.plot_path)
+    return result

@@ -1,0 +1,183 @@
+"""The clients of `roomcast bench reconnect-storm`: a user that keeps the id of the newest message
+it has seen in its room and, when its socket drops, comes back as a page does (PROTOCOL.md: the
+same session, `since` that id), retrying with the web client's backoff; and a writer on a
+gateway that stays up, whose acknowledged ids tell what each user should have seen.
+
+Frames are parsed with orjson; one process drives every client (see reconnect.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+import orjson
+
+from .wsclient import WSClient, connect
+
+JOIN_TIMEOUT = 30.0
+# the web client's reconnect schedule (services/gateway/static/connection.js): "equal jitter",
+# half the window fixed and half random, the window doubling from 1 s up to 30 s
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+def backoff(attempt: int, rng: random.Random, base: float = BACKOFF_BASE_S) -> float:
+    window = min(BACKOFF_MAX_S, base * 2.0**attempt)
+    return float(window / 2 + rng.random() * window / 2)
+
+
+class RefusedError(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class StormClient:
+    """One socket at a time of one user in one room."""
+
+    def __init__(self, index: int, username: str, room: str) -> None:
+        self.index, self.username, self.room = index, username, room
+        self.ws: WSClient | None = None
+        self.session: str | None = None
+        self.last_id: str | None = None
+        self.seen: set[str] = set()
+        self.duplicates = 0
+        self.acked: list[tuple[str, float]] = []  # writer: (id, when acknowledged)
+        self.errors: dict[str, int] = {}
+        self.lost = asyncio.Event()
+        self.lost_at: float | None = None
+        self.opened_at: float | None = None
+        self.recovered_at: float | None = None
+        self.attempts = 0
+        self.failure: str | None = None
+        self._refs = 0
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._history: asyncio.Future[None] | None = None
+
+    # frames ------------------------------------------------------------------------------
+    def on_text(self, text: str, now: int) -> None:
+        for line in text.split("\n"):
+            frame = orjson.loads(line)
+            event = frame.get("event")
+            if event == "updateChat" and frame.get("room") == self.room:
+                self._note(frame["data"]["id"])
+            elif event == "msgHistory" and frame.get("room") == self.room:
+                for message in frame["data"]:
+                    self._note(message["id"])
+                if self._history is not None and not self._history.done():
+                    self._history.set_result(None)
+            elif event in ("ack", "error") and frame.get("ref") in self._waiting:
+                waiter = self._waiting.pop(frame["ref"])
+                if not waiter.done():
+                    waiter.set_result(frame)
+            elif event == "error":
+                self.error(frame["data"].get("code", "error"))
+
+    def _note(self, message_id: str) -> None:
+        if message_id in self.seen:
+            self.duplicates += 1
+        else:
+            self.seen.add(message_id)
+        self.last_id = message_id
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    # requests ----------------------------------------------------------------------------
+    async def open(self, url: str) -> None:
+        self.lost.clear()
+        self.ws = await connect(f"{url}/ws?batch=1", self.on_text, timeout=JOIN_TIMEOUT)
+        self.ws.closed.add_done_callback(self._closed)
+        self.opened_at = time.monotonic()
+
+    def _closed(self, future: asyncio.Future[int | None]) -> None:
+        if self.lost_at is None:  # the first drop is the one measured
+            self.lost_at = time.monotonic()
+        self.lost.set()
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("socket closed"))
+        self._waiting.clear()
+
+    async def request(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The ack's data, or `RefusedError` with the error's code."""
+        self._refs += 1
+        ref = f"{self._refs}"
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[ref] = waiter
+        if self.ws is None or not self.ws.send_text(
+            orjson.dumps({"event": event, "data": data, "ref": ref}).decode()
+        ):
+            self._waiting.pop(ref, None)
+            raise ConnectionError("socket closed")
+        frame = await asyncio.wait_for(waiter, JOIN_TIMEOUT)
+        if frame["event"] == "error":
+            raise RefusedError(frame["data"].get("code", "error"))
+        result: dict[str, Any] = frame["data"]
+        return result
+
+    async def join(self, *, since: bool = False) -> dict[str, Any]:
+        """Join the room (with the session and `since` when asked) and wait for its
+        `msgHistory` as well as the ack."""
+        data: dict[str, Any] = {"username": self.username, "room": self.room}
+        if self.session is not None:
+            data["session"] = self.session
+        if since and self.last_id is not None:
+            data["since"] = self.last_id
+        self._history = asyncio.get_running_loop().create_future()
+        ack = await self.request("userJoin", data)
+        await asyncio.wait_for(self._history, JOIN_TIMEOUT)
+        self.session = ack["session"]
+        return ack
+
+    async def say(self, body: str) -> None:
+        message = await self.request(
+            "updateChat", {"username": self.username, "body": body, "time": 0, "room": self.room}
+        )
+        self.acked.append((message["id"], time.monotonic()))
+
+    async def come_back(self, urls: list[str], deadline: float, rng: random.Random) -> None:
+        """After the socket dropped: reconnect to one of `urls` (the next on each retry), join
+        with `since`, until the ack says `recovered` or the deadline passes."""
+        try:
+            await asyncio.wait_for(self.lost.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            self.failure = "its socket never dropped"
+            return
+        while True:
+            delay = backoff(self.attempts, rng)
+            if time.monotonic() + delay > deadline:
+                self.failure = self.failure or "deadline"
+                return
+            await asyncio.sleep(delay)
+            url = urls[(self.index + self.attempts) % len(urls)]
+            self.attempts += 1
+            try:
+                await self.open(url)
+                ack = await self.join(since=True)
+            except RefusedError as exc:
+                self.error(f"join_{exc.code}")
+                self.failure = f"join refused: {exc.code}"
+                self.close()
+                continue
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                self.error(f"connect_{type(exc).__name__}")
+                self.failure = f"{type(exc).__name__}"
+                self.close()
+                continue
+            if ack.get("history") is False:
+                self.failure = "joined without history"
+            elif ack.get("recovered") is not True:
+                self.failure = "recovered: false"
+            else:
+                self.failure = None
+                self.recovered_at = time.monotonic()
+            return
+
+    def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                self.ws.close()
