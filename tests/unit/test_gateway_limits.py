@@ -297,11 +297,6 @@ async def test_a_repeated_join_counts_against_the_join_budget(connect):
     await alice.say("room1", "still in the room")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="presence still announces activeUsers to the whole room on every join (being changed "
-    "to 2.1 by another engineer): the joiner gets a second list and the others get one too",
-)
 async def test_the_joiner_gets_one_snapshot_after_its_history_and_others_only_user_join(connect):
     alice = await joined(connect, "alice", "snap")
     bob = await connect()
