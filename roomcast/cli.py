@@ -108,7 +108,10 @@ def webhooks(host: str, port: int) -> None:
 
 
 @cli.command()
-@click.argument("scenario", type=click.Choice(["fanout", "chatty", "join-storm", "idle", "chaos"]))
+@click.argument(
+    "scenario",
+    type=click.Choice(["fanout", "chatty", "join-storm", "idle", "chaos", "reconnect-storm"]),
+)
 @click.option("--vs", type=click.Choice(["socketio"]), help="Also run the python-socketio peer.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")
 @click.option("--clients", type=click.IntRange(min=1), metavar="C")
@@ -140,6 +143,22 @@ def webhooks(host: str, port: int) -> None:
     default=0.0,
     metavar="SECONDS",
     help="chaos: how long each fault lasts before the restart (default 0: at once).",
+)
+@click.option("--sweep", is_flag=True, help="Step the rate up until p99 passes --limit.")
+@click.option(
+    "--limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    metavar="MS",
+    help="--sweep: the p99 limit.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="--sweep: measurements per system, at most.",
 )
 def bench(scenario: str, **options: Any) -> None:
     """Measure fan-out, latency, joins and memory (docs/performance.md), or chat through

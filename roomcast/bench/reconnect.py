@@ -30,10 +30,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from . import reconnectreport, report
+from . import reconnectreport
 from .deploy import Deployment, Monitor
 from .reconnectclient import StormClient
-from .runner import Bench, BenchError, Options, drive
+from .runner import Bench, BenchError, Options, drive, publish
 from .scenarios import Config, room_name
 from .worker import cpu_seconds
 
@@ -206,9 +206,4 @@ def _delta(before: dict[int, float], after: dict[int, float]) -> dict[int, float
 
 def run(options: Options, config: Config) -> dict[str, Any]:
     result = drive(Storm(options, config).main)
-    reconnectreport.print_table(result)
-    if options.json_path is not None:
-        report.write_json(result, options.json_path)
-    if options.plot_path is not None:
-        reconnectreport.plot(result, options.plot_path)
-    return result
+    return publish(result, options, reconnectreport.print_table, reconnectreport.plot)

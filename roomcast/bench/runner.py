@@ -659,12 +659,21 @@ def run(options: Options) -> dict[str, Any]:
         from . import sweep
 
         return sweep.run(options, config)
-    result = drive(Bench(options, config).main)
-    report.print_table(result)
+    return publish(drive(Bench(options, config).main), options, report.print_table, report.plot)
+
+
+def publish(
+    result: dict[str, Any],
+    options: Options,
+    table: Callable[[dict[str, Any]], None],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> dict[str, Any]:
+    """Print the run's table; write the JSON and draw the plot when asked."""
+    table(result)
     if options.json_path is not None:
         report.write_json(result, options.json_path)
     if options.plot_path is not None:
-        report.plot(result, options.plot_path)
+        plot(result, options.plot_path)
     return result
 
 

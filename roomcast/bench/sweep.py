@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import report, sweepreport
-from .runner import Bench, Options, drive
+from . import sweepreport
+from .runner import Bench, Options, drive, publish
 from .scenarios import Config, build_plan, with_overrides
 from .stats import ratio, summarize_system
 
@@ -189,11 +189,5 @@ class Sweep:
 
 
 def run(options: Options, config: Config) -> dict[str, Any]:
-    sweep = Sweep(options, config)
-    result = drive(sweep.main)
-    sweepreport.print_table(result)
-    if options.json_path is not None:
-        report.write_json(result, options.json_path)
-    if options.plot_path is not None:
-        sweepreport.plot(result, options.plot_path)
-    return result
+    result = drive(Sweep(options, config).main)
+    return publish(result, options, sweepreport.print_table, sweepreport.plot)
