@@ -503,6 +503,30 @@ async def test_since_rev_must_be_a_whole_number_and_not_with_since(connect):
         )
 
 
+@pytest.mark.settings(request_timeout=0.5)
+async def test_since_rev_while_history_is_down_joins_without_it(connect, server):
+    alice = await joined(connect, "alice")
+    said = await alice.say(ROOM, "before the outage")
+    await server.system.history.stop()
+    try:
+        with capture_logs() as logs:
+            bob = await connect()
+            ack = await bob.join("bob", ROOM, sinceRev=said["rev"] - 1)
+    finally:
+        await server.system.history.start()
+    assert (ack["history"], ack["recovered"], ack["lastRead"], ack["unread"]) == (
+        False,
+        False,
+        None,
+        0,
+    )
+    assert [f["data"] for f in bob.received("msgHistory", ROOM)] == [[]]
+    assert [e for e in logs if e["event"] == "history unavailable; joined without it"], logs
+    again = await connect()
+    ack = await again.join("bob", ROOM, session=bob.session, sinceRev=said["rev"] - 1)
+    assert ack["recovered"] is True and again.received("msgHistory", ROOM)[0]["data"] == [said]
+
+
 # HTTP history ---------------------------------------------------------------------------------
 async def test_http_history_shows_the_current_state(connect, server):
     alice, bob = await joined(connect, "alice"), await joined(connect, "bob")
@@ -521,6 +545,9 @@ async def test_http_history_shows_the_current_state(connect, server):
     assert page.status_code == 200, page.text
     assert page.json() == {"messages": [plain, edited, deleted, liked]}  # no null anywhere
     assert back.json() == {"messages": [plain, edited, deleted]}  # the tombstone keeps its place
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        behind = await http.get(f"/api/rooms/{ROOM}/messages", params={"before": deleted["id"]})
+    assert behind.json() == {"messages": [plain, edited]}  # and pages from it
     assert all("rev" in m for m in page.json()["messages"])
 
     schema = spec["components"]["schemas"]["WireMessage"]
