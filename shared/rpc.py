@@ -37,11 +37,18 @@ class LeaveRequest(Wire):
     gateway: str
     conn: str
     room: str
+    # who left: a presence replica that took over after the join never knew the connection,
+    # and still owes the room its `userLeave`
+    username: str | None = None
 
 
 class DisconnectRequest(Wire):
     gateway: str
     conn: str
+    # as for LeaveRequest: the rooms presence had admitted it to, and whose name it held
+    username: str | None = None
+    session_hash: str | None = None
+    rooms: list[str] = []
 
 
 class InviteRequest(Wire):

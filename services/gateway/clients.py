@@ -49,8 +49,9 @@ class PresenceClient:
         )
         return Admission.model_validate(await self._call("join", request))
 
-    async def leave(self, conn: str, room: str) -> None:
-        await self._call("leave", rpc.LeaveRequest(gateway=self._gateway, conn=conn, room=room))
+    async def leave(self, conn: str, room: str, username: str | None = None) -> None:
+        request = rpc.LeaveRequest(gateway=self._gateway, conn=conn, room=room, username=username)
+        await self._call("leave", request)
 
     async def forget(self, conn: str, room: str) -> None:
         """Best effort, no answer awaited: undo a join whose answer never came (presence may
@@ -59,8 +60,22 @@ class PresenceClient:
             request = rpc.LeaveRequest(gateway=self._gateway, conn=conn, room=room)
             await self._bus.publish(topics.presence_request("leave"), rpc.encode(request))
 
-    async def disconnect(self, conn: str) -> None:
-        request = rpc.DisconnectRequest(gateway=self._gateway, conn=conn)
+    async def disconnect(
+        self,
+        conn: str,
+        username: str | None = None,
+        session_hash: str | None = None,
+        rooms: list[str] | None = None,
+    ) -> None:
+        """`username`, `session_hash`, `rooms`: what presence announces and reserves even when
+        it took over after the connection joined."""
+        request = rpc.DisconnectRequest(
+            gateway=self._gateway,
+            conn=conn,
+            username=username,
+            session_hash=session_hash,
+            rooms=rooms or [],
+        )
         await self._bus.publish(topics.presence_request("disconnect"), rpc.encode(request))
 
     async def invite(

@@ -127,7 +127,9 @@ class ChatGateway:
             self._idle.set()
         if admitted or conn.username is not None:
             try:
-                await self.presence.disconnect(conn.id)
+                await self.presence.disconnect(
+                    conn.id, conn.username, conn.session_hash, admitted
+                )
             except BusUnavailableError as exc:  # the heartbeat roster tells presence later
                 log.warning("presence not told of a disconnect", conn=conn.id, reason=str(exc))
 

@@ -90,6 +90,12 @@ class Announcer:
         last = self._last
         return last.done if last is not None and not last.done.done() else None
 
+    def published(self) -> asyncio.Future[None] | None:
+        """A future that resolves once everything announced so far is published, without
+        closing the open batch (None when that is already so)."""
+        batch = self._open or self._last
+        return batch.done if batch is not None and not batch.done.done() else None
+
     def pending(self) -> int:
         """Batches not yet published (the open one included)."""
         return len(self._queue) + (self._open is not None)

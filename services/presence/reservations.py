@@ -65,6 +65,7 @@ class NameReservations:
         self._wall = wall
         self._cache: LRU[str, NameReservation | None] = LRU(cache_cap)
         self._pending: dict[str, NameReservation] = {}  # not yet persisted, oldest first
+        self._written: dict[str, asyncio.Future[None]] = {}  # key -> resolved once persisted
         self._pending_cap = pending_cap
         self._wake = asyncio.Event()
         self.on_round: Callable[[], None] = lambda: None
@@ -96,10 +97,27 @@ class NameReservations:
         while len(self._pending) > self._pending_cap:
             lost = next(iter(self._pending))
             del self._pending[lost]
+            self._settle(lost)
             RESERVATIONS.labels("lost").inc()
             log.warning("name reservation not persisted: too many waiting", username=username)
         RESERVATIONS.labels("made").inc()
         self._wake.set()
+
+    def written(self, key: str) -> asyncio.Future[None] | None:
+        """A future that resolves once the name's reservation is persisted (or given up); None
+        when nothing is waiting. A request that released the name is acknowledged only then:
+        a replica killed before leaves the request to the next one, which reserves again."""
+        if key not in self._pending:
+            return None
+        written = self._written.get(key)
+        if written is None:
+            written = self._written[key] = asyncio.get_running_loop().create_future()
+        return written
+
+    def _settle(self, key: str) -> None:
+        written = self._written.pop(key, None)
+        if written is not None and not written.done():
+            written.set_result(None)
 
     def forget_cache(self) -> None:
         """Another replica may have been active meanwhile: read the store again."""
@@ -125,6 +143,7 @@ class NameReservations:
                 continue
             if self._pending.get(key) is reservation:
                 del self._pending[key]
+                self._settle(key)
             self.on_round()
 
     @property

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -79,8 +79,9 @@ class PresenceService:
         self.announcer = Announcer(bus, webhooks=self.webhooks)
         self.names = NameReservations(rooms, settings.name_grace_seconds, wall)
         self.moderation = RoomModerator(bus, rooms, wall)
-        self._announced: asyncio.Future[None] | None = None
+        self._announced: asyncio.Future[Any] | None = None  # what the reply waits for
         self._last_delivery: float | None = None
+        self._rebuilding_until = 0.0
         self._consumer: Consumer | None = None
 
         def supervised(name: str, run: Callable[[], Awaitable[None]]) -> Supervised:
@@ -139,10 +140,10 @@ class PresenceService:
         if handler is None:
             raise RejectMessage(f"unknown presence op {op!r}")
         now = self._clock()
-        if self._last_delivery is not None and now - self._last_delivery > (
-            self._settings.gateway_expiry
-        ):
+        expiry = self._settings.gateway_expiry
+        if self._last_delivery is None or now - self._last_delivery > expiry:
             self._forget_caches()
+            self._rebuilding_until = now + expiry
         self._last_delivery = now
         async with self._lock:
             self._announced = None
@@ -206,12 +207,20 @@ class PresenceService:
 
     async def _leave(self, message: Message) -> bytes:
         req = rpc.decode(rpc.LeaveRequest, message)
-        self._apply(self.state.leave(req.conn, req.room))
+        if req.conn in self.state.conns or req.username is None or not self._rebuilding():
+            changes = self.state.leave(req.conn, req.room)
+        else:
+            changes = self.state.left_unseen(req.username, None, [req.room], gone=False)
+        self._depart(changes)
         return rpc.result()
 
     async def _disconnect(self, message: Message) -> bytes:
         req = rpc.decode(rpc.DisconnectRequest, message)
-        self._apply(self.state.disconnect(req.conn))
+        if req.conn in self.state.conns or req.username is None or not self._rebuilding():
+            changes = self.state.disconnect(req.conn)
+        else:
+            changes = self.state.left_unseen(req.username, req.session_hash, req.rooms, gone=True)
+        self._depart(changes)
         return rpc.result()
 
     async def _invite(self, message: Message) -> bytes:
@@ -277,6 +286,23 @@ class PresenceService:
         self._apply(self.state.drop_gateway(req.gateway))
 
     # helpers -------------------------------------------------------------------------------
+    def _depart(self, changes: Changes) -> None:
+        """Announce a departure, and persist the names it releases, before its request is
+        acknowledged: a replica killed in between leaves the request in the queue for the
+        next one, which does it again."""
+        self._apply(changes)
+        waits = [self.announcer.published() if changes.presence else None]
+        waits += [self.names.written(r.key) for r in changes.released]
+        pending = [w for w in waits if w is not None]
+        if pending:
+            self._announced = asyncio.gather(*pending)
+
+    def _rebuilding(self) -> bool:
+        """Whether this replica's state may still lack connections: for one gateway expiry
+        after it took over (its first delivery, or the first after a pause in which another
+        replica may have been active), the heartbeats have not all come in yet."""
+        return self._clock() < self._rebuilding_until
+
     def _apply(self, changes: Changes, *, barrier: bool = False) -> asyncio.Future[None] | None:
         """Tell the rooms, and keep the names whose last connection went for their owners."""
         for released in changes.released:

@@ -129,6 +129,22 @@ class PresenceState:
             self._remove(c, changes)
         return changes
 
+    def left_unseen(
+        self, username: str, session_hash: str | None, rooms: list[str], *, gone: bool
+    ) -> Changes:
+        """A connection this state never held left `rooms` (presence took over after it
+        joined, so the room still counts its user): the user leaves each room where no known
+        connection of theirs is; with `gone` (the socket closed) and no known holder of the
+        name, the name is released for `session_hash`."""
+        changes = Changes()
+        for room in dict.fromkeys(rooms):
+            if username not in self._room_users.get(room, {}):
+                changes.presence.append(Change(room, username, False))
+        key = username_key(username)
+        if gone and session_hash and key not in self._by_key:
+            changes.released.append(Released(key, username, session_hash))
+        return changes
+
     def drop_gateway(self, gateway: str) -> Changes:
         self.gateways.pop(gateway, None)
         changes = Changes()

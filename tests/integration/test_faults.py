@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import httpx
 import pytest
 
 from tests.servers.rabbitmq import PrivateRabbitNode
@@ -36,12 +37,11 @@ async def test_messages_acked_while_history_is_down_are_stored_when_it_returns(c
     await eventually(stored)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="times out since presence 2.1/2.2 (no activeUsers re-announce, name reservations); "
-    "under investigation, see the closing note",
-)
-async def test_presence_restart_and_failover_rebuild_active_users(cluster, connect):
+async def test_presence_restart_and_failover_rebuild_the_rosters(cluster, connect):
+    """Protocol 2.1 across a failover and a restart of presence: each client's list (its
+    snapshot, then userJoin/userLeave) stays equal to the HTTP roster, a departure while the
+    active replica dies is still announced, names stay kept for their owners (who get back in)
+    and private rooms stay private."""
     await cluster.start("history")
     p1 = await cluster.start("presence")
     p2 = await cluster.start("presence")  # stands by (single active consumer)
@@ -55,25 +55,55 @@ async def test_presence_restart_and_failover_rebuild_active_users(cluster, conne
     await bob.join("bob", room="pair")
     await alice.users("pair", ["alice", "bob"])
 
-    for victim in (p1, p2):
+    for victim, heir in ((p1, p2), (p2, p1)):
+        carol = await connect(gw2.ws)
+        name = f"carol{victim.port}"
+        carol_ack = await carol.join(name)
+        await alice.users("main", ["alice", "bob", name])
+        await carol.close()  # its disconnect races the kill below: either replica announces it
         victim.signal(signal.SIGKILL)
         await victim.wait()
-        if victim is p1:
-            # the stand-by takes over; its state comes from the next heartbeats
-            await alice.users("main", ["alice", "bob"], timeout=10)
-        else:
+        if heir is p1:
             await cluster.restart(p1)
-            await alice.users("main", ["alice", "bob"], timeout=10)
-        carol = await connect(gw2.ws)
-        await carol.join(f"carol{victim.port}")
+        # the heir rebuilds from heartbeats; carol's userLeave is not lost
+        await alice.users("main", ["alice", "bob"], timeout=15)
+        await eventually(roster_is(gw2.http, "main", ["alice", "bob"]), timeout=15)
+        # the heir keeps carol's name for carol's session, and lets online users back in
+        impostor = await connect(gw1.ws)
         with pytest.raises(RefusedError) as err:
-            await carol.join(f"carol{victim.port}", room="pair")
+            await impostor.join(name)
+        assert err.value.code == "username_taken"
+        carol = await connect(gw1.ws)
+        assert (await carol.join(name, session=carol_ack["session"]))["session"]
+        await alice.users("main", ["alice", "bob", name])
+        with pytest.raises(RefusedError) as err:
+            await carol.join(name, room="pair")
         assert err.value.code == "room_private"
         await carol.close()
+        await alice.users("main", ["alice", "bob"])
+        bob_again = await connect(gw1.ws)  # a second socket of an online user
+        await bob_again.join("bob", session=bob.session)
+        await bob_again.close()
     await bob.close()
-    await alice.wait_for(
-        lambda f: f["event"] == "userLeave" and f["data"] == {"username": "bob", "room": "main"}
-    )
+    await alice.users("main", ["alice"])
+    await eventually(roster_is(gw1.http, "main", ["alice"]))
+    await eventually(roster_is(gw1.http, "pair", ["alice"], alice.session))
+    await alice.users("pair", ["alice"])
+
+
+def roster_is(  # type: ignore[no-untyped-def]
+    http_base: str, room: str, expected: list[str], session: str | None = None
+):
+    """The room's users over HTTP, as any gateway answers them."""
+    headers = {"Authorization": f"Bearer {session}"} if session else {}
+
+    async def check() -> None:
+        async with httpx.AsyncClient(base_url=http_base, timeout=5) as http:
+            reply = await http.get(f"/api/rooms/{room}/users", headers=headers)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["users"] == expected
+
+    return check
 
 
 async def test_sigterm_closes_sockets_with_1012_and_leaves_presence(cluster, connect):

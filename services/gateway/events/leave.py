@@ -17,5 +17,5 @@ async def handle(gw: ChatGateway, conn: Connection, data: LeaveData) -> dict[str
     within(conn.limiters.joins, gw.settings.join_per_second, "joins and leaves")
     await gw.membership.leave(member)
     if member.admitted:
-        await gw.presence.leave(conn.id, data.room)
+        await gw.presence.leave(conn.id, data.room, conn.username)
     return {"room": data.room}
