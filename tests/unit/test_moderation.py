@@ -12,9 +12,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from roomcast.shared import rpc, topics
+from roomcast.shared.auth import subject_key
 from roomcast.shared.moderation import ModerationChange, RoomModeration, RoomOwner, Sanction
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.moderation import logged, private_pair
+from tests.support.tokens import JWT_SECRET, hs256
 
 pytestmark = pytest.mark.unit
 
@@ -324,3 +326,41 @@ async def test_a_malformed_broadcast_is_dropped_andlogged(connect, server):
         await server.system.bus.publish(topics.moderation_change("lobby"), b'{"state": 1}')
         await bob.say("lobby", "still fine")
     assert logged(logs, "malformed moderation change dropped", key="moderation.lobby")
+
+
+# --- signed-in users (tokens) -------------------------------------------------------------------
+
+
+async def _sign_in(client: ChatClient, token: str, room: str) -> None:
+    ack = await client.request("userJoin", {"token": token, "room": room})
+    client.username = ack["username"]
+
+
+@pytest.mark.settings(jwt_secret=JWT_SECRET)
+async def test_a_moderator_token_moderates_every_room(connect):
+    alice, bob, carol = await _lobby(connect)
+    mod, plain = await connect(), await connect()
+    await _sign_in(mod, hs256(sub="u-mod", name="mod", roles=["moderator"]), "lobby")
+    await _sign_in(plain, hs256(sub="u-plain", name="plain", roles=["reader"]), "lobby")
+    refused = await _refused(plain, "kick", {"room": "lobby", "username": "bob"})
+    assert refused.code == "forbidden"
+    said = await carol.say("lobby", "off topic")
+    assert (await mod.request("deleteChat", {"room": "lobby", "id": said["id"]}))["deleted"]
+    await mod.request("kick", {"room": "lobby", "username": "bob"})
+    assert (await bob.event("kicked", "lobby"))["data"] == {"room": "lobby", "by": "mod"}
+    await mod.request("mute", {"room": "main", "username": "alice", "seconds": 60})  # main too
+    await alice.join("alice", room="main")
+    assert (await _refused(alice, "updateChat", _chat(alice, "main"))).code == "muted"
+
+
+@pytest.mark.settings(jwt_secret=JWT_SECRET)
+async def test_a_signed_in_owner_is_its_subject_on_every_connection(connect, server):
+    olga, bob = await connect(), await connect()
+    await _sign_in(olga, hs256(sub="u-olga", name="olga"), "den")
+    await bob.join("bob", room="den")
+    state = await server.rooms.get_moderation("den")
+    assert state.owner is not None and state.owner.identity == subject_key("u-olga")
+    later = await connect()  # another device, a fresh token of the same subject
+    await _sign_in(later, hs256(sub="u-olga", name="olga", ttl=60), "main")
+    await later.request("ban", {"room": "den", "username": "bob"})
+    assert (await bob.event("kicked", "den"))["data"] == {"room": "den", "by": "olga"}
