@@ -69,8 +69,17 @@ def rooms_link(user: ChatPage, room: str) -> Locator:
     return nav.get_by_role("link", name=re.compile(rf"\b{re.escape(room)}\b"))
 
 
+def has_marker(frame: str | bytes, room: str) -> bool:
+    """The frame (one event per line: batch=1) holds the user's own readMarker in `room`."""
+    events = [json.loads(line) for line in str(frame).splitlines() if line.strip()]
+    return any(e["event"] == "readMarker" and e.get("room") == room for e in events)
+
+
 def two_users(server: DevProcess, open_user: OpenUser) -> tuple[ChatPage, ChatPage]:
-    alice, bob = open_user(unique("alice"), server), open_user(unique("bob"), server)
+    """Alice and Bob in a room of this test alone (its history holds only what they write)."""
+    path = f"/?room={unique('room')}"
+    alice = open_user(unique("alice"), server, path=path)
+    bob = open_user(unique("bob"), server, path=path)
     expect(alice.user_button(bob.name)).to_be_visible()
     expect(bob.user_button(alice.name)).to_be_visible()
     return alice, bob
@@ -194,7 +203,10 @@ def test_unread_badge_per_room_and_the_new_messages_line(
     server: DevProcess, open_user: OpenUser
 ) -> None:
     lobby = unique("lobby")
-    alice = open_user(unique("alice"), server, path=f"/?room={lobby}")
+    alice = open_user(unique("alice"), server, login=False)
+    with alice.page.expect_websocket() as opened:
+        alice.login(server.http, f"/?room={lobby}")
+    socket = opened.value
     bob = open_user(unique("bob"), server, path=f"/?room={lobby}")
     expect(alice.user_button(bob.name)).to_be_visible()
     rooms_link(alice, "main").click()  # Alice looks at #main; #lobby stays joined
@@ -204,8 +216,9 @@ def test_unread_badge_per_room_and_the_new_messages_line(
     read = [sent(bob, prefix="read later") for _ in range(2)]
     expect(rooms_link(alice, lobby)).to_contain_text("2 unread")
 
-    # Viewing the room clears it (and tells the server, markRead).
-    rooms_link(alice, lobby).click()
+    # Viewing the room clears it, and tells the server (markRead: its readMarker comes back).
+    with socket.expect_event("framereceived", lambda frame: has_marker(frame, lobby)):
+        rooms_link(alice, lobby).click()
     for body in read:
         expect_once(alice, bob.name, body)
     expect(rooms_link(alice, lobby)).not_to_contain_text("unread")
@@ -309,5 +322,6 @@ def test_a_reconnect_recovers_an_edit_and_a_delete_made_while_away(
     expect_once(bob, alice.name, new)
     order = positions(bob, [edited, "message deleted", last, new])
     assert order == sorted(order), order
-    recovering = [data for data in joins if data.get("room") == "main"]
+    room = bob.page.url.split("room=", 1)[1]
+    recovering = [data for data in joins if data.get("room") == room]
     assert recovering and all(isinstance(data.get("sinceRev"), int) for data in recovering), joins

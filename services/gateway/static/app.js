@@ -148,7 +148,10 @@ function setUrl(room) {
 }
 
 function switchTo(room) {
-  if (room !== store.current) view.tools.endEdit();
+  if (room !== store.current) {
+    view.tools.endEdit();
+    reading.flush();
+  }
   store.setCurrent(room);
   setUrl(room);
   view.setComposerError(null);
@@ -746,6 +749,7 @@ document.addEventListener("visibilitychange", () => {
 
 window.addEventListener("pagehide", () => {
   if (conn) persistTab(true);
+  reading.flush();
 });
 
 window.addEventListener("pageshow", (e) => {

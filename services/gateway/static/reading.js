@@ -8,29 +8,46 @@ const SETTLE_MS = 300;
 /** `store` and `conn` are getters: a new session replaces both. */
 export function readState({ store, conn }) {
   let timer = null;
+  const due = new Map(); // room -> the newest message id it showed: marked when the timer fires
   const marking = new Map(); // room -> the id of a markRead in flight
 
-  function markCurrent() {
-    timer = null;
-    const s = store();
-    const c = conn();
-    if (!c?.isOpen || document.hidden || !document.body.classList.contains("in-chat")) return;
-    const room = s.currentRoom();
-    const id = s.lastConfirmedId(room.name);
-    if (room.joinedGen !== c.generation || !id || id === room.lastRead || marking.get(room.name) === id) return;
-    marking.set(room.name, id);
-    c.request("markRead", { room: room.name, id }, { timeout: 15000 })
-      .then((ack) => s.markedRead(room.name, ack.id, ack.unread))
+  function mark(s, c, name, id) {
+    const room = s.room(name);
+    if (!room || room.joinedGen !== c.generation || id === room.lastRead || marking.get(name) === id) return;
+    marking.set(name, id);
+    c.request("markRead", { room: name, id }, { timeout: 15000 })
+      .then((ack) => s.markedRead(name, ack.id, ack.unread))
       .catch(() => {}) // offline, or refused: the next render of the room tries again
       .finally(() => {
-        if (marking.get(room.name) === id) marking.delete(room.name);
+        if (marking.get(name) === id) marking.delete(name);
       });
   }
 
+  function markDue() {
+    timer = null;
+    const s = store();
+    const c = conn();
+    if (c?.isOpen) for (const [name, id] of due) mark(s, c, name, id);
+    due.clear();
+  }
+
   return {
-    /** The room in view was drawn: mark it read soon (cheap to call on every render). */
+    /**
+     * The room in view was drawn: it is marked read up to what it shows, soon (a room looked at
+     * only briefly too). Cheap to call on every render.
+     */
     viewed() {
-      if (!timer) timer = setTimeout(markCurrent, SETTLE_MS);
+      const s = store();
+      const id = s.lastConfirmedId(s.current);
+      if (!id || document.hidden || !document.body.classList.contains("in-chat")) return;
+      due.set(s.current, id);
+      if (!timer) timer = setTimeout(markDue, SETTLE_MS);
+    },
+
+    /** Marks what is due now: the reader leaves the room or the page. */
+    flush() {
+      clearTimeout(timer);
+      markDue();
     },
 
     joined(roomName, ack) {
