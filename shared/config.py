@@ -165,6 +165,12 @@ class Settings(Limits):
             )
         return self
 
+    @field_validator("webhook_url", "webhook_secret", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        """`ROOMCAST_WEBHOOK_URL=` (as compose writes an unset `${VAR:-}`) means no webhooks."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _webhook_retries(self) -> Settings:
         if self.webhook_retry_first > self.webhook_retry_max:

@@ -17,6 +17,8 @@ from quart import Quart, Response
 from quart_schema import hide
 from quart_schema.openapi import OpenAPIProvider
 
+from roomcast.webhooks.openapi import add_webhooks
+
 DOCS_STATIC = "/static/docs"
 SPEC_URL = "/openapi.json"
 
@@ -123,4 +125,5 @@ class GatewayOpenAPI(OpenAPIProvider):
                 status: {"description": why, "content": {media: {"schema": schema}}}
                 for status, (media, schema, why) in responses.items()
             }
+        add_webhooks(document)  # what roomcast POSTs to the application (protocol 2.4)
         return document

@@ -19,6 +19,7 @@ from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from roomcast.shared.models import ChatMessage
 
@@ -41,12 +42,17 @@ class WebhookEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(min_length=1, max_length=64)
+    id: str = Field(min_length=1, max_length=64, description="Unique per fact: drop repeats.")
     type: EventType
-    time: int = Field(ge=0)
+    time: int = Field(ge=0, description="Milliseconds since the epoch.")
     room: str = Field(min_length=1)
-    username: str | None = None
-    message: ChatMessage | None = None
+    # left out when unset (never null), and the OpenAPI says so
+    username: str | SkipJsonSchema[None] = Field(
+        default=None, description="member.joined and member.left: the user."
+    )
+    message: ChatMessage | SkipJsonSchema[None] = Field(
+        default=None, description="message.posted: the message object, as clients get it."
+    )
 
 
 class WebhookPayload(BaseModel):

@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 
@@ -139,6 +141,11 @@ def test_bad_webhook_settings_are_one_line_errors(values: dict[str, str], messag
         load_settings(**values)
     assert "\n" not in str(caught.value)
     assert "short" not in str(caught.value)  # a secret is never echoed
+
+
+def test_empty_webhook_settings_mean_unset() -> None:
+    settings = load_settings(webhook_url="", webhook_secret=" ")
+    assert settings.webhook_url is None and settings.webhook_secret is None
 
 
 def test_a_sender_needs_the_url_and_the_secret() -> None:
@@ -410,3 +417,25 @@ async def test_roomcast_posts_occupancy_membership_and_messages(
     (posted,) = [e for e in receiver.events() if e["type"] == "message.posted"]
     assert posted["message"] == sent and posted["room"] == "lobby"
     assert receiver.verified()
+
+
+async def test_the_openapi_document_describes_the_webhooks_as_they_are_sent() -> None:
+    from jsonschema import Draft202012Validator
+
+    async with running() as server, httpx.AsyncClient(base_url=server.http) as http:
+        document = (await http.get("/openapi.json")).json()
+    post = document["webhooks"]["roomcastEvents"]["post"]
+    assert [p["name"] for p in post["parameters"]] == [signing.HEADER]
+    ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    validator = Draft202012Validator({"$ref": ref, "components": document["components"]})
+    sent = [
+        WebhookPayload(events=[message_posted(chat(1))]),
+        WebhookPayload(events=[room_event("member.joined", "r", now(), "alice")]),
+    ]
+    for payload in sent:
+        validator.validate(orjson.loads(payload.encode()))
+    for wrong in (
+        {"events": []},
+        {"events": [{"id": "x", "type": "boom", "time": 1, "room": "r"}]},
+    ):
+        assert not validator.is_valid(wrong)
