@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import httpx
 import jwt
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from roomcast.gateway.auth.signin import CLOSE_UNAUTHORIZED
@@ -39,6 +40,10 @@ async def refusal(client: ChatClient, event: str, data: dict[str, Any]) -> Refus
     with pytest.raises(RefusedError) as err:
         await client.request(event, data)
     return Refused(err.value.code, err.value.frame["data"]["message"])
+
+
+def sign_ins(outcome: str) -> float:
+    return REGISTRY.get_sample_value("roomcast_gateway_sign_ins_total", {"outcome": outcome}) or 0
 
 
 def logged(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
@@ -95,9 +100,11 @@ async def test_token_and_session_together_or_neither_name_nor_token_are_invalid(
 async def test_bad_tokens_are_unauthorized_and_logged_without_the_token(connect, token, reason):
     client = await connect()
     text = token()
+    before = sign_ins("refused")
     with capture_logs() as logs:
         error = await refusal(client, "userJoin", {"token": text, "room": "main"})
     assert error.code == "unauthorized" and reason in error.message
+    assert sign_ins("refused") == before + 1
     [entry] = logged(logs, "token refused")
     assert reason in entry["reason"] and entry["log_level"] == "info"
     assert all(text not in str(e) for e in logs)
@@ -196,8 +203,10 @@ async def test_refresh_keeps_the_connection_past_the_old_expiry(connect):
     await sign_in(client, hs256(sub="u-ivy", name="ivy", ttl=2))
     token = hs256(sub="u-ivy", name="ivy", ttl=3600)
     new_exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    before = sign_ins("refreshed")
     with capture_logs() as logs:
         ack = await client.request("refresh", {"token": token})
+    assert sign_ins("refreshed") == before + 1
     assert ack == {"exp": new_exp} and type(ack["exp"]) is int
     assert logged(logs, "token refreshed")[0]["user"] == "ivy"
     await asyncio.sleep(2.5)  # past the first token's expiry
@@ -230,10 +239,12 @@ async def test_an_expired_token_closes_the_socket_with_4001(connect):
     bob = await connect()
     await bob.join("bob")
     client = await connect()
+    before = sign_ins("expired")
     with capture_logs() as logs:
         await sign_in(client, hs256(sub="u-max", name="max", ttl=2))
         code = await asyncio.wait_for(client.closed, 10)
     assert code == CLOSE_UNAUTHORIZED
+    assert sign_ins("expired") == before + 1
     [error] = client.received("error")
     assert error["data"]["code"] == "unauthorized" and "expired" in error["data"]["message"]
     assert "ref" not in error
