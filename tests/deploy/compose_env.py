@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 #: The first argument of each roomcast command, i.e. the service a process runs.
-ROLES = ("gateway", "history", "presence", "dev")
+ROLES = ("gateway", "history", "presence", "webhooks", "dev")
 
 
 class ComposeError(ValueError):

@@ -62,7 +62,7 @@ INSTALL_HINT = "run `bash scripts/install-deploy-tools.sh .venv` first"
 K8S_VERSIONS = ("1.31.0", "1.37.0")
 
 ROLES = ("gateway", "history", "presence")
-ROLE_PORTS = {"gateway": 8000, "history": 8001, "presence": 8002}
+ROLE_PORTS = {"gateway": 8000, "history": 8001, "presence": 8002, "webhooks": 8003}
 CREDENTIAL_KEYS = {"ROOMCAST_SECRET", "ROOMCAST_AMQP_URL", "ROOMCAST_MONGO_URL"}
 #: The credentials each service reads (roomcast/runtime.py): gateways sign sessions and use the
 #: broker; history (messages) and presence (private rooms) also keep data in MongoDB.
@@ -70,6 +70,7 @@ NEEDS = {
     "gateway": {"ROOMCAST_SECRET", "ROOMCAST_AMQP_URL"},
     "history": {"ROOMCAST_AMQP_URL", "ROOMCAST_MONGO_URL"},
     "presence": {"ROOMCAST_AMQP_URL", "ROOMCAST_MONGO_URL"},
+    "webhooks": {"ROOMCAST_AMQP_URL"},  # optional: the webhook senders (docs/auth.md)
 }
 DEFAULT_DRAIN_SECONDS = 10.0
 #: Seconds a terminating pod keeps after preStop and the drain, before SIGKILL.
@@ -1834,7 +1835,7 @@ def test_interpolate_refuses_missing_or_malformed(text: str) -> None:
 
 def test_roomcast_services_reads_commands_and_environment() -> None:
     services = roomcast_services(ports={"rabbitmq": 5673, "mongodb": 27018})
-    assert {s.role for s in services.values()} == {"gateway", "history", "presence"}
+    assert {s.role for s in services.values()} == {"gateway", "history", "presence", "webhooks"}
     gateway, history = services["gateway"], services["history"]
     assert gateway.args == ("gateway", "--host", "0.0.0.0", "--port", "8000")
     assert gateway.port == 8000 and gateway.replicas == 2
