@@ -235,10 +235,11 @@ async def test_refresh_refusals(connect):
     await client.say("main", "the connection keeps its token")
 
 
-async def test_an_expired_token_closes_the_socket_with_4001(connect):
+@pytest.mark.parametrize("batch", [False, True], ids=["one-per-frame", "batch"])
+async def test_an_expired_token_closes_the_socket_with_4001(connect, batch):
     bob = await connect()
     await bob.join("bob")
-    client = await connect()
+    client = await connect(batch=batch)
     before = sign_ins("expired")
     with capture_logs() as logs:
         await sign_in(client, hs256(sub="u-max", name="max", ttl=2))
