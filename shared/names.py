@@ -19,6 +19,7 @@ SpoofChecker with the official confusables data. A skeleton is only ever compare
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
@@ -32,6 +33,7 @@ Kind = Literal["username", "room"]
 
 MAX_MARKS = 4  # combining marks on one letter: enough for any script, not for zalgo
 _KEY_CACHE = 16_384  # username keys kept (the cache is keyed by client input: bounded)
+_NAME_CACHE = 4_096  # normal forms of non-ASCII names kept (bounded: valid names of <= 4x bytes)
 
 # Bidirectional controls: they reorder what is displayed around them (U+202E makes `evil`
 # render as `live`), so a name holding one is never what it looks like.
@@ -44,6 +46,7 @@ _INVISIBLE = frozenset(
     + "".join(chr(c) for c in range(0xE0100, 0xE01F0))
 )
 _ALLOWED_PUNCTUATION = frozenset("_-")
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class InvalidNameError(ValueError):
@@ -84,8 +87,17 @@ def normalise_name(raw: object, kind: Kind, max_chars: int, max_bytes: int) -> s
         raise InvalidNameError(f"{kind} must be a string")
     if not raw:
         raise InvalidNameError(f"{kind} is empty")
+    if len(raw) <= max_chars and len(raw) <= max_bytes and _PLAIN.fullmatch(raw):
+        return raw  # most names, on every frame: plain ASCII is its own NFKC form and valid
     if len(raw) > 4 * max_bytes:  # no NFKC of megabytes: no valid name is that long
         raise InvalidNameError(f"{kind} is {len(raw)} characters long; at most {max_chars}")
+    return _normal_form(raw, kind, max_chars, max_bytes)
+
+
+@lru_cache(maxsize=_NAME_CACHE)
+def _normal_form(raw: str, kind: Kind, max_chars: int, max_bytes: int) -> str:
+    """The work of `normalise_name` beyond plain ASCII, remembered for the names in use (a
+    refusal is an exception, which is never cached: only valid names fill the cache)."""
     for char in raw:  # before NFKC, so the message names the character the client sent
         why = _refused(char)
         if why is not None:

@@ -163,6 +163,17 @@ def test_the_key_is_a_fixed_point() -> None:
         assert username_key(key) == key
 
 
+def test_remembered_normal_forms_change_no_answer() -> None:
+    """Normal forms are cached; refusals are not, and the plain-ASCII shortcut keeps limits."""
+    for _ in range(3):
+        assert normalise_username("ｂｏｂ", LIMITS) == "bob"
+        assert "U+200B" in refused("bo\u200bb")
+        assert "33 characters" in refused("x" * 33)
+    tight = Limits(max_username_chars=32, max_username_bytes=4)
+    with pytest.raises(InvalidNameError, match="5 bytes"):
+        normalise_username("alice", tight)
+
+
 # --- is_valid_name: already in normal form and valid (what backend_api.py checks) -----------
 
 
