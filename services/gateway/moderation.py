@@ -56,6 +56,7 @@ DISCONNECTED = Counter(
 CLOSE_DISCONNECTED = 4003
 CACHE_CAP = 10_000  # rooms (client input: bounded)
 _QUERY_TIMEOUT = 1.0
+_QUERIES_OFF_SECONDS = 5.0  # after presence did not answer, chat does not wait for it again
 
 
 def is_moderator(conn: Connection) -> bool:
@@ -64,10 +65,12 @@ def is_moderator(conn: Connection) -> bool:
 
 
 class Moderation:
-    def __init__(self, gw: ChatGateway) -> None:
+    def __init__(self, gw: ChatGateway, clock: Callable[[], float] = time.monotonic) -> None:
         self._gw = gw
+        self._clock = clock
         self._states: OrderedDict[str, RoomModeration] = OrderedDict()
         self._subscription: Subscription | None = None
+        self._queries_off_until = 0.0
 
     async def start(self) -> None:
         self._subscription = await self._gw.bus.subscribe(
@@ -94,10 +97,13 @@ class Moderation:
         return state
 
     async def state(self, room: str) -> RoomModeration | None:
-        """The room's state, from the cache or presence; None when presence does not answer."""
+        """The room's state, from the cache or presence; None when presence does not answer
+        (and then at once for a few seconds, so chat does not wait for it message by message)."""
         cached = self._states.get(room)
         if cached is not None:
             return cached
+        if self._clock() < self._queries_off_until:
+            return None
         timeout = min(_QUERY_TIMEOUT, self._gw.settings.request_timeout)
         try:
             reply = await rpc.call(
@@ -107,6 +113,7 @@ class Moderation:
                 timeout=timeout,
             )
         except (BusUnavailableError, ProtocolError) as exc:
+            self._queries_off_until = self._clock() + _QUERIES_OFF_SECONDS
             log.warning("moderation state unknown; not enforced", room=room, reason=str(exc))
             return None
         return self.learn(RoomModeration.model_validate(reply))

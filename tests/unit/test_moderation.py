@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from roomcast.shared import rpc, topics
 from roomcast.shared.auth import subject_key
 from roomcast.shared.moderation import ModerationChange, RoomModeration, RoomOwner, Sanction
+from roomcast.shared.store.base import StoreUnavailableError
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.moderation import logged, private_pair
 from tests.support.tokens import JWT_SECRET, hs256
@@ -304,9 +305,24 @@ async def test_presence_away_leaves_chat_open_and_says_so(connect, server):
     await server.system.presence.stop()
     with capture_logs() as logs:
         await bob.say("lobby", "presence is away")
+        await bob.say("lobby", "and chat does not wait for it again")
         refused = await _refused(alice, "kick", {"room": "lobby", "username": "carol"})
     assert refused.code == "unavailable"
-    assert logged(logs, "moderation state unknown; not enforced", room="lobby")
+    assert logged(logs, "moderation state unknown; not enforced", room="lobby") == 1
+
+
+async def test_the_store_away_keeps_main_open_and_other_rooms_closed(connect, server, monkeypatch):
+    async def away(room: str) -> RoomModeration:
+        raise StoreUnavailableError("switched off by the test")
+
+    monkeypatch.setattr(server.rooms, "get_moderation", away)
+    alice = await connect()
+    with capture_logs() as logs:
+        await alice.join("alice")
+        refused = await _refused(alice, "userJoin", {"username": "alice", "room": "lobby"})
+    assert refused.code == "unavailable"
+    assert logged(logs, "moderation of main unknown; admitted without it", username="alice") == 1
+    await alice.say("main", "main is open")
 
 
 async def test_a_ban_heard_late_is_still_carried_out(connect, server):
