@@ -9,6 +9,7 @@ import asyncio
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from roomcast.shared import rpc, topics
@@ -154,6 +155,7 @@ async def test_kick_takes_every_connection_of_the_user_out_of_the_room(connect):
     bob_tab = await connect()
     await bob_tab.join("bob", room="lobby", session=bob.session)
     await bob_tab.join("bob", room="main")
+    kicked_before = _count("roomcast_gateway_kicked_total")
     with capture_logs() as logs:
         assert await alice.request("kick", {"room": "lobby", "username": "bob"}) == {
             "room": "lobby",
@@ -168,6 +170,7 @@ async def test_kick_takes_every_connection_of_the_user_out_of_the_room(connect):
             await client.users("lobby", ["alice", "carol"])
     assert logged(logs, "kicked from room", room="lobby", username="bob") == 2
     assert logged(logs, "room moderated", action="kick", room="lobby", by="alice")
+    assert _count("roomcast_gateway_kicked_total") == kicked_before + 2
     refused = await _refused(bob, "updateChat", _chat(bob))
     assert refused.code == "not_joined"
     await carol.say("lobby", "bob is out")
@@ -213,8 +216,14 @@ async def test_a_banned_user_who_was_not_in_the_room_is_kept_out(connect):
 # --- refusals --------------------------------------------------------------------------------
 
 
+def _count(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_only_owners_and_moderators_may_moderate(connect):
     _alice, bob, carol = await _lobby(connect)
+    before = _count("roomcast_moderation_total", action="ban", outcome="forbidden")
+    errors = _count("roomcast_gateway_errors_total", code="forbidden")
     with capture_logs() as logs:
         for event, extra in (
             ("mute", {"seconds": 60}),
@@ -228,6 +237,8 @@ async def test_only_owners_and_moderators_may_moderate(connect):
             assert f"may {event} in it" in str(refused)
     for event in ("mute", "unmute", "kick", "ban", "unban"):
         assert logged(logs, "moderation refused", action=event, by="bob", code="forbidden")
+    assert _count("roomcast_moderation_total", action="ban", outcome="forbidden") == before + 1
+    assert _count("roomcast_gateway_errors_total", code="forbidden") == errors + 5
     await carol.say("lobby", "nothing happened to me")
 
 
