@@ -54,6 +54,8 @@ class RoomModeration(_Frozen):
 
     def muted_until(self, username: str, now: float) -> float | None:
         """When the user's mute ends, if one is in force at `now`."""
+        if not self.mutes:  # most rooms: no name folded on the chat path
+            return None
         key = username_key(username)
         for mute in self.mutes:
             if mute.key == key and mute.until is not None and mute.until > now:
@@ -61,6 +63,8 @@ class RoomModeration(_Frozen):
         return None
 
     def banned(self, username: str) -> bool:
+        if not self.bans:
+            return False
         key = username_key(username)
         return any(ban.key == key for ban in self.bans)
 
