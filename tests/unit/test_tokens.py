@@ -212,15 +212,35 @@ async def test_rs256_and_es256_tokens_verify_with_the_served_keys(rsa_key, ec_ke
 async def test_known_keys_are_cached_until_their_lifespan_ends(rsa_key):
     clock = Clock()
     with jwks_server(rsa_key) as server:
-        verifier = jwks_verifier(server.url, clock)
+        keys = JwksKeys(server.url, timeout=5, lifespan=300, cooldown=10, clock=clock)
+        verifier = TokenVerifier(LIMITS, jwks=keys)
         for i in range(5):
             await verifier.verify(rsa_key.sign(claims(f"u{i}")))
         assert server.requests == 1
         clock.now += 299
         await verifier.verify(rsa_key.sign(claims()))
+        await keys.settled()
         assert server.requests == 1
         clock.now += 2
         await verifier.verify(rsa_key.sign(claims()))
+        await keys.settled()
+        assert server.requests == 2
+
+
+async def test_a_stale_key_set_is_refetched_without_making_a_join_wait(rsa_key):
+    """The endpoint holds its answer until the test releases it: a verification that waited
+    for the fetch of a stale set would never finish."""
+    clock = Clock()
+    with jwks_server(rsa_key) as server:
+        keys = JwksKeys(server.url, timeout=5, lifespan=300, cooldown=10, clock=clock)
+        verifier = TokenVerifier(LIMITS, jwks=keys)
+        await verifier.verify(rsa_key.sign(claims()))
+        server.hold = threading.Event()
+        clock.now += 301
+        async with asyncio.timeout(10):
+            assert (await verifier.verify(rsa_key.sign(claims("quick")))).sub == "quick"
+        server.hold.set()
+        await keys.settled()
         assert server.requests == 2
 
 
@@ -277,12 +297,16 @@ async def test_an_unreachable_jwks_is_unverifiable_and_retried_after_the_cooldow
 async def test_known_keys_stay_in_use_while_the_jwks_is_down(rsa_key):
     clock = Clock()
     with jwks_server(rsa_key) as server:
-        verifier = jwks_verifier(server.url, clock)
+        keys = JwksKeys(server.url, timeout=5, lifespan=300, cooldown=10, clock=clock)
+        verifier = TokenVerifier(LIMITS, jwks=keys)
         await verifier.verify(rsa_key.sign(claims()))
         server.status = 500
         clock.now += 400  # stale: fetched again, which fails
         assert (await verifier.verify(rsa_key.sign(claims("kept")))).sub == "kept"
+        await keys.settled()
         assert server.requests == 2
+        assert (await verifier.verify(rsa_key.sign(claims("still")))).sub == "still"
+        assert server.requests == 2  # within the cooldown of the failed fetch: not asked
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"keys": []}', b'{"keys": [{}]}'])

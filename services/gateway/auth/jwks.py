@@ -2,11 +2,12 @@
 
 PyJWKClient fetches and parses the key set; what this module adds is what a gateway needs:
 
-- A known `kid` is answered from memory, without a thread or a lock.
-- The set is fetched again after `lifespan` seconds, and at once for an unknown `kid` (a key
-  rotation), but never sooner than `cooldown` seconds after the previous attempt: a flood of
-  tokens with made-up `kid`s costs the JWKS server one request per cooldown, not one per token.
-  A failed fetch waits out the cooldown as well, and keys already known stay in use.
+- A known `kid` is answered from memory, without a thread or a lock, also when the set is older
+  than `lifespan` seconds: it is then fetched again in the background (no join waits for it).
+- An unknown `kid` (a key rotation) waits for a fetch of the set, but never sooner than
+  `cooldown` seconds after the previous attempt: a flood of tokens with made-up `kid`s costs
+  the JWKS server one request per cooldown, not one per token. A failed fetch waits out the
+  cooldown as well, and keys already known stay in use.
 - Fetches run in a worker thread (PyJWKClient is blocking urllib), one at a time: callers that
   need the set while it is being fetched wait for that one fetch.
 """
@@ -57,11 +58,16 @@ class JwksKeys:
         self._fetching: asyncio.Task[None] | None = None
 
     async def key(self, kid: str) -> PyJWK:
-        """The key with this id, fetching the set when it is stale or lacks the id."""
+        """The key with this id, fetching the set when it lacks the id (or is stale)."""
         now = self._clock()
-        stale = self._fetched_at is None or now - self._fetched_at >= self._lifespan
-        if (stale or kid not in self._keys) and self._may_fetch(now):
-            await self._fetch()
+        found = self._keys.get(kid)
+        if found is not None:
+            stale = self._fetched_at is None or now - self._fetched_at >= self._lifespan
+            if stale and self._may_fetch(now):
+                self._start()
+            return found
+        if self._may_fetch(now):
+            await asyncio.shield(self._start())  # a caller that gives up leaves it to the others
         found = self._keys.get(kid)
         if found is not None:
             return found
@@ -74,17 +80,25 @@ class JwksKeys:
             self._tried_at is None or now - self._tried_at >= self._cooldown
         )
 
-    async def _fetch(self) -> None:
+    async def settled(self) -> None:
+        """Return once no fetch is in flight."""
+        if self._fetching is not None:
+            await asyncio.shield(self._fetching)
+
+    def _start(self) -> asyncio.Task[None]:
+        """The fetch in flight, or a new one."""
         task = self._fetching
         if task is None:
             self._tried_at = self._clock()
             task = self._fetching = asyncio.create_task(self._download(), name="jwks-fetch")
             task.add_done_callback(self._fetched)
-        await asyncio.shield(task)  # a caller that gives up leaves the fetch to the others
+        return task
 
     def _fetched(self, task: asyncio.Task[None]) -> None:
         if self._fetching is task:
             self._fetching = None
+        if not task.cancelled() and task.exception() is not None:  # nobody may await it
+            log.error("JWKS fetch failed unexpectedly", exc_info=task.exception())
 
     async def _download(self) -> None:
         try:
