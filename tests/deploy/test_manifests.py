@@ -63,14 +63,20 @@ K8S_VERSIONS = ("1.31.0", "1.37.0")
 
 ROLES = ("gateway", "history", "presence")
 ROLE_PORTS = {"gateway": 8000, "history": 8001, "presence": 8002, "webhooks": 8003}
-CREDENTIAL_KEYS = {"ROOMCAST_SECRET", "ROOMCAST_AMQP_URL", "ROOMCAST_MONGO_URL"}
+CREDENTIAL_KEYS = {
+    "ROOMCAST_SECRET",
+    "ROOMCAST_AMQP_URL",
+    "ROOMCAST_MONGO_URL",
+    "ROOMCAST_WEBHOOK_SECRET",
+}
 #: The credentials each service reads (roomcast/runtime.py): gateways sign sessions and use the
 #: broker; history (messages) and presence (private rooms) also keep data in MongoDB.
 NEEDS = {
     "gateway": {"ROOMCAST_SECRET", "ROOMCAST_AMQP_URL"},
     "history": {"ROOMCAST_AMQP_URL", "ROOMCAST_MONGO_URL"},
     "presence": {"ROOMCAST_AMQP_URL", "ROOMCAST_MONGO_URL"},
-    "webhooks": {"ROOMCAST_AMQP_URL"},  # optional: the webhook senders (docs/auth.md)
+    # optional (deploy/k8s/components/webhooks, compose profile): the webhook senders
+    "webhooks": {"ROOMCAST_AMQP_URL", "ROOMCAST_WEBHOOK_SECRET"},
 }
 DEFAULT_DRAIN_SECONDS = 10.0
 #: Seconds a terminating pod keeps after preStop and the drain, before SIGKILL.
@@ -447,8 +453,8 @@ def k8s_invariant_errors(objects: Sequence[Mapping[str, Any]], overlay: str) -> 
             ports = {p.get("name", ""): p["containerPort"] for p in container.get("ports") or []}
             errors += probe_errors(cwhere, container, ports)
             args = [str(arg) for arg in container.get("args") or []]
-            if role not in ROLES:
-                errors.append(f"{cwhere}: runs `roomcast {role}`, not one of {ROLES}")
+            if role not in ROLE_PORTS:
+                errors.append(f"{cwhere}: runs `roomcast {role}`, not one of {tuple(ROLE_PORTS)}")
                 continue
             if (
                 option(args, "--port") != str(ROLE_PORTS[role])

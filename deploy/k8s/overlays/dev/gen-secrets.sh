@@ -17,6 +17,7 @@ random() { LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c "$1" || true; }
 
 secret="$(random 40)"
 rabbit_password="$(random 32)"
+webhook_secret="$(random 40)"  # for deploy/k8s/components/webhooks, when an overlay takes it
 
 umask 077
 cat >"$out" <<ENV
@@ -25,5 +26,6 @@ ROOMCAST_AMQP_URL=amqp://roomcast:$rabbit_password@rabbitmq:5672/
 ROOMCAST_MONGO_URL=mongodb://mongodb:27017
 RABBITMQ_DEFAULT_USER=roomcast
 RABBITMQ_DEFAULT_PASS=$rabbit_password
+ROOMCAST_WEBHOOK_SECRET=$webhook_secret
 ENV
 echo "wrote $out"
