@@ -40,7 +40,7 @@ async def test_token_mode_on_roomcast_dev(token_dev: DevProcess) -> None:
             await anonymous.request("userJoin", {"username": "anon", "room": "main"})
         assert err.value.code == "unauthorized"
         ack = await alice.request(
-            "userJoin", {"token": hs256(sub="u-a", name="alice", ttl=2), "room": "main"}
+            "userJoin", {"token": hs256(sub="u-a", name="alice", ttl=3), "room": "main"}
         )
         assert ack["username"] == "alice"
         assert await asyncio.wait_for(alice.closed, 15) == 4001

@@ -200,7 +200,8 @@ async def test_read_markers_belong_to_the_subject_across_connections(connect):
 
 async def test_refresh_keeps_the_connection_past_the_old_expiry(connect):
     client = await connect()
-    await sign_in(client, hs256(sub="u-ivy", name="ivy", ttl=2))
+    first = hs256(sub="u-ivy", name="ivy", ttl=3)
+    await sign_in(client, first)
     token = hs256(sub="u-ivy", name="ivy", ttl=3600)
     new_exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     before = sign_ins("refreshed")
@@ -209,7 +210,8 @@ async def test_refresh_keeps_the_connection_past_the_old_expiry(connect):
     assert sign_ins("refreshed") == before + 1
     assert ack == {"exp": new_exp} and type(ack["exp"]) is int
     assert logged(logs, "token refreshed")[0]["user"] == "ivy"
-    await asyncio.sleep(2.5)  # past the first token's expiry
+    first_exp = jwt.decode(first, options={"verify_signature": False})["exp"]
+    await asyncio.sleep(first_exp - time.time() + 0.5)  # past the first token's expiry
     assert not client.closed.done()
     assert client.received("error") == []
     await client.say("main", "still here")
@@ -242,7 +244,7 @@ async def test_an_expired_token_closes_the_socket_with_4001(connect, batch):
     client = await connect(batch=batch)
     before = sign_ins("expired")
     with capture_logs() as logs:
-        await sign_in(client, hs256(sub="u-max", name="max", ttl=2))
+        await sign_in(client, hs256(sub="u-max", name="max", ttl=3))
         code = await asyncio.wait_for(client.closed, 10)
     assert code == CLOSE_UNAUTHORIZED
     assert sign_ins("expired") == before + 1
