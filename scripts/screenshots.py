@@ -11,8 +11,10 @@ show only this script's conversation), stages a short chat between two browser c
     web-invite.png   the invitation to a private chat, as its receiver sees it
     web-private.png  the private room of the two
     web-phone.png    #main on a phone-sized screen
+    web-changes.png  messages that change: an edit, a tombstone, reactions, an unread badge
 
-and stops the server with SIGINT. Run it by hand when the client's look changes; the tests never
+and stops the server with SIGINT. The reactions need an emoji font (Debian:
+`apt-get install fonts-noto-color-emoji`), or they show as empty boxes. Run it by hand when the client's look changes; the tests never
 rewrite docs/.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -133,6 +136,53 @@ def say(page: Page, body: str, *readers: Page) -> None:
         expect(item.filter(has_text=body)).not_to_contain_text("Sending")
 
 
+def message(page: Page, body: str) -> Locator:
+    items = page.get_by_role("list", name="Messages", exact=True).get_by_role("listitem")
+    return items.filter(has_text=body)
+
+
+def use_tool(page: Page, body: str, name: str) -> None:
+    """Clicks one of a message's tools ("Edit message", "Delete message", "Add reaction")."""
+    item = message(page, body)
+    item.click(position={"x": 8, "y": 8})  # focuses it: its tools show, also on a touch screen
+    item.get_by_role("button", name=name, exact=True).click()
+
+
+def react(page: Page, body: str, emoji: str) -> None:
+    use_tool(page, body, "Add reaction")
+    page.get_by_role("button", name=f"React with {emoji}", exact=True).click()
+    mine = message(page, body).get_by_role("button", name=re.compile(f"^{emoji} "))
+    expect(mine).to_have_attribute("aria-pressed", "true")  # acknowledged: the next may go
+
+
+def changes(alice: Page, bob: Page, carol: Page, dave: Page) -> None:
+    """In #main, as Alice sees it: her first message edited, one of Bob's deleted, reactions on
+    another, while Bob writes in their private room (an unread badge)."""
+    rooms = alice.get_by_role("navigation", name="Rooms")
+    rooms.get_by_role("link", name="main", exact=True).click()
+    use_tool(alice, "Is the deploy still on", "Edit message")
+    box = message_box(alice)
+    box.fill("Morning all! Is the deploy still on for 11:30?")
+    box.press("Enter")
+    expect(message(alice, "for 11:30?")).to_contain_text("edited")
+    bob_rooms = bob.get_by_role("navigation", name="Rooms")
+    bob_rooms.get_by_role("link", name="main", exact=True).click()
+    use_tool(bob, "post here when it starts", "Delete message")
+    bob.get_by_role("dialog").get_by_role("button", name="Delete", exact=True).click()
+    expect(message(alice, "message deleted")).to_have_count(1)
+    bob_rooms.get_by_role("link", name=re.compile("alice")).click()
+    for page, emoji in ((carol, "👍"), (dave, "👍"), (alice, "👍"), (carol, "🎉")):
+        react(page, "green overnight", emoji)
+    expect(message(alice, "green overnight")).to_contain_text("👍 3")
+    expect(message(alice, "green overnight")).to_contain_text("🎉 1")
+    say(bob, "PR looks good, two small comments.")
+    say(bob, "Approved!")
+    expect(rooms.get_by_role("link", name=re.compile("2 unread"))).to_be_visible()
+    message(
+        alice, "keep an eye"
+    ).hover()  # its tools show: react, and for its author edit and delete
+
+
 def settle(*pages: Page) -> None:
     """Dismisses the toasts and waits until nothing is pending, for a clean picture."""
     for page in pages:
@@ -193,9 +243,13 @@ def main() -> None:
         say(bob, "Sure, sending comments in a minute.", alice)
         settle(alice, bob)
         bob.screenshot(path=str(out / "web-private.png"))
+
+        changes(alice, bob, carol, phone)
+        settle(alice)
+        alice.screenshot(path=str(out / "web-changes.png"))
         browser.close()
 
-    for name in ("web-main", "web-invite", "web-private", "web-phone"):
+    for name in ("web-main", "web-invite", "web-private", "web-phone", "web-changes"):
         print(out / f"{name}.png")
 
 
