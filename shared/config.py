@@ -165,10 +165,19 @@ class Settings(Limits):
             )
         return self
 
-    @field_validator("webhook_url", "webhook_secret", mode="before")
+    @field_validator(
+        "webhook_url",
+        "webhook_secret",
+        "jwt_secret",
+        "jwks_url",
+        "jwt_audience",
+        "jwt_issuer",
+        mode="before",
+    )
     @classmethod
     def _unset_when_empty(cls, value: Any) -> Any:
-        """`ROOMCAST_WEBHOOK_URL=` (as compose writes an unset `${VAR:-}`) means no webhooks."""
+        """`ROOMCAST_WEBHOOK_URL=` (as compose writes an unset `${VAR:-}`) means no webhooks;
+        likewise an empty sign-in key, audience or issuer is none."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")

@@ -167,7 +167,7 @@ async def test_audience_and_issuer_are_checked_when_configured():
         ({"jwks_url": "file:///etc/passwd"}, "ROOMCAST_JWKS_URL: must be the http(s) URL"),
         ({"jwks_url": "https://"}, "ROOMCAST_JWKS_URL: must be the http(s) URL"),
         ({"jwks_url": "http://h:port/"}, "ROOMCAST_JWKS_URL: must be the http(s) URL"),
-        ({"jwt_audience": ""}, "ROOMCAST_JWT_AUDIENCE"),
+        ({"jwt_audience": "x" * 1001}, "ROOMCAST_JWT_AUDIENCE"),
     ],
 )
 def test_bad_auth_settings_name_the_variable(values, message):
@@ -179,6 +179,12 @@ def test_bad_auth_settings_name_the_variable(values, message):
 
 def test_auth_settings_that_work():
     assert load_settings().auth == "anonymous"
+    # empty is unset (compose writes an unset ${VAR:-} so)
+    empty = load_settings(jwt_secret="", jwks_url=" ", jwt_audience="", jwt_issuer="")
+    assert (empty.jwt_secret, empty.jwks_url, empty.jwt_audience, empty.jwt_issuer) == (None,) * 4
+    assert not TokenVerifier.from_settings(empty).configured
+    with pytest.raises(ConfigError):
+        load_settings(auth="token", jwt_secret="", jwks_url="")
     assert load_settings(auth="token", jwt_secret=JWT_SECRET).auth == "token"
     settings = load_settings(auth="token", jwks_url=" https://login.example/jwks.json ")
     assert settings.jwks_url == "https://login.example/jwks.json"
