@@ -64,7 +64,10 @@ class ChatGateway:
     # lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         self._subscription = await self.bus.subscribe(
-            self.relay.on_message, name=self.id, on_gap=self.repairer.on_gap
+            self.relay.on_message,
+            name=self.id,
+            on_gap=self.repairer.on_gap,
+            on_loss=self.repairer.on_loss,
         )
         self.membership.bindings.attach(self._subscription)
         await self.moderation.start()
@@ -127,9 +130,7 @@ class ChatGateway:
             self._idle.set()
         if admitted or conn.username is not None:
             try:
-                await self.presence.disconnect(
-                    conn.id, conn.username, conn.session_hash, admitted
-                )
+                await self.presence.disconnect(conn.id, conn.username, conn.session_hash, admitted)
             except BusUnavailableError as exc:  # the heartbeat roster tells presence later
                 log.warning("presence not told of a disconnect", conn=conn.id, reason=str(exc))
 

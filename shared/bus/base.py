@@ -29,6 +29,12 @@ Guarantees:
   (2) once the inbox is back to half its limit. Calls to one subscription's `on_gap` never
   overlap, and each gap is followed by a call that starts after it. Its owner repairs there
   (re-reads what it may have missed). Its exceptions are logged.
+- Where a gap began is reported too: `on_loss`, if given, is called synchronously between two
+  deliveries to the handler, at the point where losses may have begun (the connection dropped,
+  or the first delivery was dropped from a full inbox): everything handed over before it came
+  before the loss. A repair must start from there, not from whatever the handler saw last by
+  the time `on_gap` runs (deliveries published after the gap may reach the handler first).
+  Every `on_gap` call comes after the `on_loss` call of each gap it reports.
 - A work queue (`consume`) is durable and shared: each message goes to one consumer, at least
   once. It is acknowledged after the handler returns; a handler that raises `RejectMessage`
   drops it; any other exception requeues it. With `single_active=True` only one consumer
@@ -76,6 +82,8 @@ class Message:
 Handler = Callable[[Message], Awaitable[None]]
 GapHandler = Callable[[], Awaitable[None]]
 """Called when deliveries to a subscription may have been lost (see the module docstring)."""
+LossHandler = Callable[[], None]
+"""Called, in delivery order, where deliveries may have begun to be lost (module docstring)."""
 
 
 @runtime_checkable
@@ -127,12 +135,17 @@ class Bus(Protocol):
         """Publish to the topic exchange and wait for the broker's confirm."""
 
     async def subscribe(
-        self, handler: Handler, *, name: str = "", on_gap: GapHandler | None = None
+        self,
+        handler: Handler,
+        *,
+        name: str = "",
+        on_gap: GapHandler | None = None,
+        on_loss: LossHandler | None = None,
     ) -> Subscription:
         """Create a private queue whose deliveries go to `handler`; bind patterns to it.
 
         `name` labels its queue, logs and metrics; `on_gap` is called whenever deliveries to it
-        may have been lost."""
+        may have been lost, after `on_loss` marked where."""
 
     async def consume(
         self,

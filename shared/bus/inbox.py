@@ -11,22 +11,28 @@ Guarantees:
   and the message dropped. The loop ends only by `close()`: if it ends in any other way (an
   escaping `BaseException`, a cancellation from outside) that is logged, counted in
   `roomcast_bus_task_deaths_total{task="subscription"}`, and the loop restarted.
+- `lost()` marks where deliveries may begin to be lost: `on_loss` is called synchronously once
+  the handler has had every delivery accepted before the mark, and before it gets the next one.
+  A full inbox marks its first drop of an episode itself.
 - `gap()` says deliveries may have been lost. `on_gap` then runs as a task of its own, after the
-  gap was detected; an exception from it is logged. Calls never overlap: a gap reported while
-  `on_gap` runs makes exactly one more call after it. An overflow episode reports its gap once the
-  inbox is back to half its limit (room again, with margin, so a flood does not make a storm of
-  calls); the messages still waiting are delivered too, possibly while `on_gap` runs.
+  gap was detected and after every mark made so far had its `on_loss` (a gap reported without a
+  mark is marked where it is reported); an exception from it is logged. Calls never overlap: a
+  gap reported while `on_gap` runs makes exactly one more call after it. An overflow episode
+  reports its gap once the inbox is back to half its limit (room again, with margin, so a flood
+  does not make a storm of calls); the messages still waiting are delivered too, possibly while
+  `on_gap` runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import deque
 
 import structlog
 from prometheus_client import Counter, Gauge
 
-from .base import GapHandler, Handler, Message
+from .base import GapHandler, Handler, LossHandler, Message
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +90,7 @@ class Inbox:
         label: str = "",
         limit: int = DEFAULT_INBOX_LIMIT,
         on_gap: GapHandler | None = None,
+        on_loss: LossHandler | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"inbox limit must be at least 1, not {limit}")
@@ -92,6 +99,15 @@ class Inbox:
         self.limit = limit
         self._handler = handler
         self._on_gap = on_gap
+        self._on_loss = on_loss
+        # positions in the stream of accepted deliveries: a mark at n falls between the n-th
+        # delivery and the next; `_handed` counts deliveries whose handler has returned
+        self._accepted = 0
+        self._handed = 0
+        self._marks: deque[int] = deque()
+        self._marked = asyncio.Event()  # every mark made so far had its on_loss
+        self._marked.set()
+        self._unmarked_gap = True  # no mark since the last gap was reported
         self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=limit)
         self._low_water = limit // 2
         self._overflowing = False
@@ -118,11 +134,13 @@ class Inbox:
             return
         try:
             self._queue.put_nowait(message)
+            self._accepted += 1
         except asyncio.QueueFull:
             self._dropped.inc()
             self._dropped_in_episode += 1
             if not self._overflowing:
                 self._overflowing = True
+                self.lost()
                 OVERFLOWS.labels(self.label).inc()
                 log.warning(
                     "subscription inbox full; dropping deliveries",
@@ -130,10 +148,35 @@ class Inbox:
                     limit=self.limit,
                 )
 
+    def lost(self) -> None:
+        """Deliveries may be lost from here on: `on_loss` once the handler had everything
+        accepted so far."""
+        if self._closed:
+            return
+        self._unmarked_gap = False
+        self._marks.append(self._accepted)
+        self._marked.clear()
+        self._fire_marks()
+
+    def _fire_marks(self) -> None:
+        """Call `on_loss` for every mark the handler has reached; only between deliveries."""
+        while self._marks and self._marks[0] <= self._handed:
+            self._marks.popleft()
+            if self._on_loss is not None:
+                try:
+                    self._on_loss()
+                except Exception:
+                    log.exception("on_loss failed", subscription=self.name)
+        if not self._marks:
+            self._marked.set()
+
     def gap(self, reason: str) -> None:
         """Deliveries may have been lost: call `on_gap` (never two calls at once)."""
         if self._closed:
             return
+        if self._unmarked_gap:
+            self.lost()
+        self._unmarked_gap = True
         GAPS.labels(self.label, reason).inc()
         log.info("subscription gap", subscription=self.name, reason=reason)
         if self._on_gap is None:
@@ -149,6 +192,7 @@ class Inbox:
         try:
             while True:
                 self._gap_again = False
+                await self._marked.wait()
                 try:
                     await on_gap()
                 except Exception:
@@ -187,6 +231,9 @@ class Inbox:
             except Exception:
                 # At-most-once: a failed broadcast delivery is dropped.
                 log.exception("subscription handler failed", subscription=self.name)
+            finally:
+                self._handed += 1
+                self._fire_marks()
 
     def _end_overflow(self) -> None:
         self._overflowing = False

@@ -28,6 +28,7 @@ from .base import (
     BusUnavailableError,
     GapHandler,
     Handler,
+    LossHandler,
     Message,
     RejectMessage,
     topic_matches,
@@ -197,10 +198,13 @@ class InMemoryBus:
 
         Inside, `is_ready` is False, and every operation (publish, request, reply, subscribe,
         bind, unbind, consume) raises `BusUnavailableError`, so no broadcast is delivered.
-        Work queues keep what they hold. On exit, every subscription's `on_gap` is called."""
+        Work queues keep what they hold. On entry every subscription marks the loss
+        (`on_loss`); on exit, every subscription's `on_gap` is called."""
         if self._outage:
             raise RuntimeError("already in an outage")
         self._outage = True
+        for sub in list(self._subscriptions):
+            sub.inbox.lost()
         try:
             yield
         finally:
@@ -239,7 +243,12 @@ class InMemoryBus:
         return settled
 
     async def subscribe(
-        self, handler: Handler, *, name: str = "", on_gap: GapHandler | None = None
+        self,
+        handler: Handler,
+        *,
+        name: str = "",
+        on_gap: GapHandler | None = None,
+        on_loss: LossHandler | None = None,
     ) -> _Subscription:
         self._check_open()
         inbox = Inbox(
@@ -248,6 +257,7 @@ class InMemoryBus:
             label=name,
             limit=self.inbox_limit,
             on_gap=on_gap,
+            on_loss=on_loss,
         )
         inbox.start()
         sub = _Subscription(self, inbox)

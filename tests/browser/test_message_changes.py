@@ -197,6 +197,13 @@ def test_reactions_count_per_emoji_highlight_ones_own_and_toggle(
     expect(chip(alice, body, "👍")).to_have_attribute("aria-pressed", "true")
     expect(chip(bob, body, "👍")).to_have_attribute("aria-pressed", "false")
 
+    # From the keyboard: the reaction keeps the focus when its message is drawn anew.
+    chip(bob, body, "👍").focus()
+    bob.page.keyboard.press("Enter")
+    expect(chip(bob, body, "👍")).to_have_text("👍 2")
+    expect(chip(bob, body, "👍")).to_have_attribute("aria-pressed", "true")
+    expect(chip(bob, body, "👍")).to_be_focused()
+
 
 # ---- unread badges and the "new messages" line ----------------------------------------------------
 def test_unread_badge_per_room_and_the_new_messages_line(

@@ -365,6 +365,77 @@ async def test_on_gap_after_a_reconnect_comes_once_every_binding_is_back(
     assert b"lost" not in inbox.bodies
 
 
+class LossRecorder:
+    """`on_loss` and `on_gap` that record, in order, how much the handler had received at each."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self._inbox = inbox
+        self.gap = asyncio.Event()
+
+    def on_loss(self) -> None:
+        self.calls.append(("loss", len(self._inbox.messages)))
+
+    async def on_gap(self) -> None:
+        self.calls.append(("gap", len(self._inbox.messages)))
+        self.gap.set()
+
+
+async def test_on_loss_marks_where_a_reconnect_began_and_comes_before_on_gap(
+    restartable: Restartable,
+) -> None:
+    """Deliveries published after the reconnect may reach the handler before on_gap: on_loss
+    says where the loss began (after the 5 delivered before the outage, before the new ones)."""
+    bus, inbox = restartable.bus, Inbox()
+    marks = LossRecorder(inbox)
+    sub = await bus.subscribe(inbox, name="loss", on_gap=marks.on_gap, on_loss=marks.on_loss)
+    await sub.bind("room.l.*")
+    for i in range(5):
+        await bus.publish("room.l.msg", b"before %d" % i)
+    await inbox.wait_for_count(5)
+    assert marks.calls == []
+
+    async with restartable.outage():
+        await until(lambda: not bus.is_ready, "not ready while the broker is away", 60)
+        assert marks.calls == [("loss", 5)]  # marked when the connection went
+    async with asyncio.timeout(90):  # a RabbitMQ app start and a reconnect, on a busy machine
+        await marks.gap.wait()
+    await bus.publish("room.l.msg", b"after")
+    await inbox.wait_for_body(b"after")
+    assert marks.calls == [("loss", 5), ("gap", 5)]
+
+
+async def test_a_full_inbox_marks_the_loss_after_what_it_had_accepted(env: BusEnv) -> None:
+    bus = await env.another_bus(inbox_limit=4)
+    inbox, release, holding = Inbox(), asyncio.Event(), asyncio.Event()
+
+    async def slow(message: Message) -> None:
+        if message.body == b"0":
+            holding.set()
+            await release.wait()
+        await inbox(message)
+
+    marks = LossRecorder(inbox)
+    label = f"loss-full-{env.kind}-{uuid.uuid4().hex[:6]}"
+    sub = await bus.subscribe(slow, name=label, on_gap=marks.on_gap, on_loss=marks.on_loss)
+    await sub.bind("room.f.*")
+    await bus.publish("room.f.msg", b"0")
+    await bounded(holding.wait())
+    for i in range(1, 8):  # 4 fit behind "0", 3 are dropped
+        await bus.publish("room.f.msg", b"%d" % i)
+    await until(
+        lambda: sample("roomcast_bus_inbox_dropped_total", subscription=label) == 3, "3 drops"
+    )
+    assert marks.calls == []  # the handler has not had what came before the first drop yet
+    release.set()
+    await bounded(marks.gap.wait())
+    await inbox.wait_for_count(5)
+    # the mark falls after the 5 accepted ("0" to "4"), before anything accepted later
+    assert marks.calls[0] == ("loss", 5)
+    assert marks.calls[1][0] == "gap"
+    assert inbox.bodies == [b"%d" % i for i in range(5)]
+
+
 @pytest.mark.unit
 async def test_memory_outage_makes_the_bus_unavailable_then_reports_the_gap() -> None:
     bus = InMemoryBus(name="outage")

@@ -215,3 +215,59 @@ async def test_the_end_of_a_bus_outage_repairs_the_rooms(connect, server):
         "m1",
         "stored during the outage",
     ]
+
+
+async def test_a_repair_starts_where_the_loss_began_not_after_later_live_messages(connect, server):
+    """After a reconnect, messages published after the gap can reach the relay before the
+    repair asks history (RabbitMQ restores the consumer before it reports the gap): the repair
+    must start from the last message relayed before the loss, or it skips what was lost."""
+    gateway = server.system.gateway
+    inbox = gateway._subscription.inbox
+    alice, bob = await two_in(connect, "gap")
+    await fence(alice, "gap", bob)
+    inbox.lost()  # the connection drops: deliveries may be lost from here
+    lost = behind_the_back("gap", "lost in the gap")
+    await server.messages.insert_many([lost])
+    after = await fence(alice, "gap", bob)  # the new queue's first delivery, relayed at once
+    assert gateway.relay.last_ids["gap"] == after["id"]
+    inbox.gap("reconnect")  # only now is the gap reported
+
+    for client in (alice, bob):
+        await client.wait_for(is_chat("lost in the gap"))
+    await gateway.repairer.wait()
+    await fence(bob, "gap", alice)
+    for client in (alice, bob):
+        assert Counter(chat_ids(client, "gap"))[lost.id] == 1
+        assert Counter(chat_ids(client, "gap")).most_common(1)[0][1] == 1
+
+
+def deferrals() -> float:
+    return local_metric("roomcast_gateway_gap_repairs_total", outcome="deferred")
+
+
+@pytest.mark.settings(request_timeout=0.5)
+async def test_a_repair_the_bus_cannot_carry_waits_for_the_next_reconnect(connect, server):
+    """A second broker outage while a repair runs: the repair fails for want of a bus, keeps
+    its start instead of closing the sockets, and the next reconnect's repair delivers what
+    both outages lost, once."""
+    gateway, bus = server.system.gateway, server.system.bus
+    alice, bob = await two_in(connect, "gap")
+    await fence(alice, "gap", bob)
+    deferred = deferrals()
+    first, second = behind_the_back("gap", "first outage"), behind_the_back("gap", "second")
+    async with bus.outage():
+        await server.messages.insert_many([first])
+    async with bus.outage():  # the repair the first one started runs into it
+        await server.messages.insert_many([second])
+        async with asyncio.timeout(30):
+            while deferrals() == deferred:  # noqa: ASYNC110 - a metric has no event
+                await asyncio.sleep(0.05)
+    for client in (alice, bob):
+        await client.wait_for(is_chat("second"), timeout=30)
+    await gateway.repairer.wait()
+    await fence(bob, "gap", alice)
+    for client in (alice, bob):
+        got = Counter(chat_ids(client, "gap"))
+        assert got[first.id] == 1 and got[second.id] == 1
+        assert got.most_common(1)[0][1] == 1
+        assert not client.closed.done()

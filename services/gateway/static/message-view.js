@@ -80,6 +80,20 @@ export function renderMessage(item, me, avatar) {
   return li;
 }
 
+/**
+ * Replaces a message's element by its new rendering, keeping keyboard focus on the same control
+ * (a reaction just toggled, say) instead of losing it to the page.
+ */
+export function replaceKeepingFocus(old, fresh) {
+  const active = document.activeElement;
+  const had = old.contains(active) ? active : null;
+  old.replaceWith(fresh);
+  if (!had) return;
+  const { action, emoji } = had.dataset || {};
+  const match = action && [...fresh.querySelectorAll("[data-action]")].find((el) => el.dataset.action === action && el.dataset.emoji === emoji);
+  (match || fresh).focus({ preventScroll: true });
+}
+
 /** Takes the decorations out, so the list holds only timeline items while it is reconciled. */
 export function undecorate(list) {
   for (const old of list.querySelectorAll(".new-line, .msg-seen")) old.remove();

@@ -3,7 +3,7 @@
 // under a Content-Security-Policy without 'unsafe-inline').
 import { MAIN } from "./store.js";
 import { formatTime, hueFor, initialOf, safeHttpUrl, typingText, LIMITS, charCount } from "./format.js";
-import { decorate, h, renderMessage, undecorate } from "./message-view.js";
+import { decorate, h, renderMessage, replaceKeepingFocus, undecorate } from "./message-view.js";
 import { MessageTools } from "./message-tools.js";
 
 const $ = (id) => document.getElementById(id);
@@ -495,7 +495,7 @@ export class View {
         const fresh = this._renderItem(store, item);
         if (entry && entry.el.isConnected) {
           if (cursor === entry.el) cursor = fresh;
-          entry.el.replaceWith(fresh);
+          replaceKeepingFocus(entry.el, fresh);
         } else if (!switched && item.kind === "msg" && item.username !== store.me) {
           appended += 1; // new, not a message that changed
         }

@@ -14,7 +14,7 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection, DeliveryMode
 from yarl import URL
 
-from ..base import BusUnavailableError, GapHandler, Handler, Message
+from ..base import BusUnavailableError, GapHandler, Handler, LossHandler, Message
 from ..inbox import DEFAULT_INBOX_LIMIT
 from .connection import Publisher, open_connection
 from .consumers import RabbitConsumer, open_consumer
@@ -104,7 +104,12 @@ class RabbitBus:
         await publisher.publish(message, routing_key)
 
     async def subscribe(
-        self, handler: Handler, *, name: str = "", on_gap: GapHandler | None = None
+        self,
+        handler: Handler,
+        *,
+        name: str = "",
+        on_gap: GapHandler | None = None,
+        on_loss: LossHandler | None = None,
     ) -> RabbitSubscription:
         connection, _ = self._open()
         sub = await open_subscription(
@@ -116,6 +121,7 @@ class RabbitBus:
             op_timeout=self.op_timeout,
             inbox_limit=self.inbox_limit,
             on_gap=on_gap,
+            on_loss=on_loss,
             forget=self.subscriptions.discard,
         )
         self.subscriptions.add(sub)

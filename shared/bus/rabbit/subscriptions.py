@@ -6,11 +6,14 @@ Guarantees:
   each publisher published it: deliveries go through one bounded `Inbox` and one handler task
   (aio-pika runs every delivery callback as its own task, which alone would not keep order).
 - `bind`/`unbind` return once the broker confirmed them, or raise `BusUnavailableError`.
-- Losses are reported, never silent: the exclusive queue dies with the connection. aio-pika
-  declares it again after a reconnect, with every binding and its consumer, and only then calls
-  the channel's reopen callbacks; ours reports the gap to the inbox, which calls `on_gap`. A
-  channel that alone was closed and reopened is reported the same way (what it had been sent but
-  not handed over is gone). Overflow of the inbox is reported by the inbox itself.
+- Losses are reported, never silent: the exclusive queue dies with the connection. When the
+  channel closes, the inbox marks the loss there (`on_loss`, after every delivery the closed
+  channel handed over). aio-pika declares the queue again after a reconnect, with every binding
+  and its consumer, and only then calls the channel's reopen callbacks; ours reports the gap to
+  the inbox, which calls `on_gap` (deliveries of the new queue may already have reached the
+  handler by then: hence the mark). A channel that alone was closed and reopened is reported
+  the same way (what it had been sent but not handed over is gone). Overflow of the inbox is
+  reported by the inbox itself.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from aio_pika.abc import (
     AbstractRobustQueue,
 )
 
-from ..base import BusUnavailableError, GapHandler, Handler
+from ..base import BusUnavailableError, GapHandler, Handler, LossHandler
 from ..inbox import Inbox
 from .connection import broker_op, close_channel
 from .messages import to_message
@@ -63,10 +66,15 @@ class RabbitSubscription:
     async def start(self) -> None:
         await self.queue.consume(self._on_delivery, no_ack=True)
         self.inbox.start()
+        self._channel.close_callbacks.add(self._on_close)
         self._channel.reopen_callbacks.add(self._on_reopen)
 
     async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
         self.inbox.put(to_message(incoming))
+
+    def _on_close(self, _channel: Any, _exc: BaseException | None = None) -> None:
+        """The channel is gone, and with it the queue: losses may begin here."""
+        self.inbox.lost()
 
     def _on_reopen(self, _channel: Any) -> None:
         """aio-pika restored the channel: queue declared, every binding and the consumer back."""
@@ -83,6 +91,7 @@ class RabbitSubscription:
     async def stop(self) -> None:
         """Stop handing messages over; the queue goes with the connection."""
         self._channel.reopen_callbacks.discard(self._on_reopen)
+        self._channel.close_callbacks.discard(self._on_close)
         self._forget(self)
         await self.inbox.close()
 
@@ -114,6 +123,7 @@ async def open_subscription(
     op_timeout: float,
     inbox_limit: int,
     on_gap: GapHandler | None,
+    on_loss: LossHandler | None = None,
     forget: Callable[[RabbitSubscription], None],
 ) -> RabbitSubscription:
     """A channel of its own, the queue declared on it, consuming."""
@@ -125,7 +135,14 @@ async def open_subscription(
             queue = await channel.declare_queue(
                 queue_name(bus_name, name), exclusive=True, auto_delete=True
             )
-            inbox = Inbox(handler, name=queue.name, label=name, limit=inbox_limit, on_gap=on_gap)
+            inbox = Inbox(
+                handler,
+                name=queue.name,
+                label=name,
+                limit=inbox_limit,
+                on_gap=on_gap,
+                on_loss=on_loss,
+            )
             sub = RabbitSubscription(
                 channel, queue, inbox, exchange=exchange, op_timeout=op_timeout, forget=forget
             )
