@@ -9,6 +9,7 @@ import time
 
 import jwt
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from roomcast.gateway.auth.jwks import JwksKeys
@@ -28,6 +29,11 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def fetches(outcome: str) -> float:
+    sample = REGISTRY.get_sample_value("roomcast_gateway_jwks_fetches_total", {"outcome": outcome})
+    return sample or 0.0
 
 
 def hs_verifier(**kwargs: object) -> TokenVerifier:
@@ -286,8 +292,10 @@ async def test_an_unreachable_jwks_is_unverifiable_and_retried_after_the_cooldow
     with jwks_server(rsa_key) as server:
         server.status = 503
         verifier = jwks_verifier(server.url, clock)
+        failed_before = fetches("failed")
         with capture_logs() as logs:
             message = await refused(verifier, rsa_key.sign(claims()))
+        assert fetches("failed") == failed_before + 1
         assert message == "the signing keys could not be fetched; try again later"
         failed = [e for e in logs if e["event"].startswith("JWKS key set not fetched")]
         assert len(failed) == 1 and failed[0]["log_level"] == "warning"
@@ -296,7 +304,9 @@ async def test_an_unreachable_jwks_is_unverifiable_and_retried_after_the_cooldow
         assert server.requests == 1  # not hammered while it is down
         server.status = 200
         clock.now += 11
+        ok_before = fetches("ok")
         assert (await verifier.verify(rsa_key.sign(claims("back")))).sub == "back"
+        assert fetches("ok") == ok_before + 1
         assert server.requests == 2
 
 
