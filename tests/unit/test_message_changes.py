@@ -12,6 +12,7 @@ fence (test_gateway_limits.fence), never after a sleep.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -525,6 +526,55 @@ async def test_since_rev_while_history_is_down_joins_without_it(connect, server)
     again = await connect()
     ack = await again.join("bob", ROOM, session=bob.session, sinceRev=said["rev"] - 1)
     assert ack["recovered"] is True and again.received("msgHistory", ROOM)[0]["data"] == [said]
+
+
+# gap repair ------------------------------------------------------------------------------------
+async def test_a_gap_repair_sends_the_changes_a_socket_missed(connect, server):
+    """Changes applied while the gateway's deliveries were lost (made here behind its back, in
+    the store) reach its sockets in their current state when it repairs the gap."""
+    alice, bob = await joined(connect, "alice"), await joined(connect, "bob")
+    old = await alice.say(ROOM, "an old message")
+    kept = await alice.say(ROOM, "edited while lost")
+    gone = await alice.say(ROOM, "deleted while lost")
+    last = await alice.say(ROOM, "the last one relayed")
+    await bob.wait_for(changed("updateChat", last["id"]))
+    store, at = server.messages, 1_900_000_000_000
+    hash_of = server.system.gateway.membership  # the author's identity is its session's hash
+    author = next(iter(hash_of.user_connections("alice"))).session_hash
+    assert author is not None
+    edit = await store.edit(
+        ROOM, kept["id"], author=author, username="alice", body="new", at=at, rev=0
+    )
+    tomb = await store.delete(ROOM, gone["id"], author=author, username="alice", rev=0)
+    like = await store.react(ROOM, old["id"], username="carl", emoji="👍", add=True, rev=0)
+    new = (await server.messages.insert_many([ChatMessage(
+        id="lost-new-1", username="carl", body="new while lost", time=at, room=ROOM
+    )]))[0]  # fmt: skip
+
+    gateway = server.system.gateway
+    await gateway.repairer.on_gap()
+    await gateway.repairer.wait()
+
+    for client in (alice, bob):
+        assert (await client.wait_for(changed("updateChat", new.id)))["data"] == new.wire()
+        assert (await client.wait_for(changed("editChat", kept["id"])))["data"] == edit.wire()
+        assert (await client.wait_for(changed("deleteChat", gone["id"])))["data"] == tomb.wire()
+        assert (await client.wait_for(changed("react", old["id"])))["data"] == like.wire()
+    assert [f["data"]["id"] for f in bob.received("updateChat", ROOM)][-1] == new.id
+
+
+@pytest.mark.settings(recovery_max=2)
+async def test_a_gap_with_more_changes_than_a_recovery_closes_the_sockets_1013(connect, server):
+    alice = await joined(connect, "alice")
+    said = [await alice.say(ROOM, f"m{i}") for i in range(4)]
+    for message in said[:3]:
+        await server.messages.react(
+            ROOM, message["id"], username="carl", emoji="👍", add=True, rev=0
+        )
+    gateway = server.system.gateway
+    await gateway.repairer.on_gap()
+    await gateway.repairer.wait()
+    assert await asyncio.wait_for(alice.closed, 10) == 1013
 
 
 # HTTP history ---------------------------------------------------------------------------------
