@@ -28,7 +28,7 @@ from tests.support.dev_process import DevProcess
 from tests.support.ports import free_port
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page
+    from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page, ViewportSize
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -40,8 +40,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 EXPECT_TIMEOUT_MS = 10_000  # default for expect(...) assertions
 ACTION_TIMEOUT_MS = 15_000  # default for clicks, fills, navigation
@@ -179,7 +179,7 @@ def open_user(
         name: str,
         server: DevProcess,
         *,
-        viewport: dict[str, int] | None = None,
+        viewport: ViewportSize | None = None,
         path: str = "/",
         login: bool = True,
         **options: Any,
@@ -217,7 +217,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.when == "call" and report.failed and _PAGES in item.stash:
         shots = []
-        for index, user in enumerate(item.stash[_PAGES]):
+        pages: list[ChatPage] = item.stash[_PAGES]
+        for index, user in enumerate(pages):
             path = item.stash[_ARTIFACTS] / f"failure-{index}-{user.name}.png"
             with contextlib.suppress(Exception):
                 user.page.screenshot(path=str(path), timeout=5000)

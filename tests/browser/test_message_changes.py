@@ -22,7 +22,9 @@ import re
 import pytest
 from playwright.sync_api import Locator, WebSocket, expect
 
-from .conftest import ChatPage, DevProcess, OpenUser, unique
+from tests.support.dev_process import DevProcess
+
+from .conftest import ChatPage, OpenUser, unique
 from .test_web_client import RECONNECT_MS, expect_once, positions, reconnected
 
 pytestmark = pytest.mark.browser

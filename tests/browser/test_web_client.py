@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect  # scripts/install-browser.sh installs it
 
-from .conftest import DESKTOP, PHONE, ChatPage, DevProcess, OpenUser, unique
+from tests.support.dev_process import DevProcess
+
+from .conftest import DESKTOP, PHONE, ChatPage, OpenUser, unique
 
 pytestmark = pytest.mark.browser
 
