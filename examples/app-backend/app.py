@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -112,11 +113,13 @@ async def bot_say() -> Any:
     """Post as the bot through roomcast's backend API (signed-in users of this app only)."""
     if session.get("user") not in USERS:
         return jsonify(error="sign in first"), 401
-    data = await request.get_json()
+    data = await request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return jsonify(error='send JSON: {"room", "body"}'), 400
     room, body = str(data.get("room", "main")), str(data.get("body", ""))
     async with httpx.AsyncClient(timeout=10) as client:
         answer = await client.post(
-            f"{ROOMCAST_URL}/api/rooms/{room}/messages",
+            f"{ROOMCAST_URL}/api/rooms/{quote(room, safe='')}/messages",
             json={"username": BOT_NAME, "body": f"{body} (asked by {session['user']})"},
             headers={"Authorization": f"Bearer {API_KEY}"},
         )

@@ -62,7 +62,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ROOMCAST_WEBHOOK_RETRY_MAX": "1",
     }
     try:
-        wait_for_port(app_port, timeout=30)
+        try:
+            wait_for_port(app_port, timeout=60)
+        except TimeoutError:
+            log_text = (base / "app.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(
+                f"the app did not listen (exit {app.poll()}):\n{log_text}"
+            ) from None
         dev.start()
         dev.wait_ready()
         yield Stack(dev, app_url)
@@ -171,3 +177,12 @@ async def test_the_app_refuses_webhooks_that_do_not_verify(stack: Stack) -> None
             assert answer.status_code == 401
         events = (await http.get("/webhooks/roomcast")).json()["events"]
     assert "forged-1" not in {e["id"] for e in events}
+
+
+async def test_the_bot_speaks_only_for_signed_in_users(
+    stack: Stack, browser: httpx.AsyncClient
+) -> None:
+    answer = await browser.post("/bot/say", json={"room": "main", "body": "spam"})
+    assert answer.status_code == 401
+    await sign_in(browser, stack, "alice", "wonderland")
+    assert (await browser.post("/bot/say", content=b"not json")).status_code == 400

@@ -434,8 +434,76 @@ async def test_the_openapi_document_describes_the_webhooks_as_they_are_sent() ->
     ]
     for payload in sent:
         validator.validate(orjson.loads(payload.encode()))
+    wrong: dict[str, Any]
     for wrong in (
         {"events": []},
         {"events": [{"id": "x", "type": "boom", "time": 1, "room": "r"}]},
     ):
         assert not validator.is_valid(wrong)
+
+
+async def test_history_requeues_a_message_whose_event_was_not_published(
+    bus: InMemoryBus,
+) -> None:
+    from roomcast.history.service import HistoryService
+    from roomcast.shared.bus import BusUnavailableError
+    from roomcast.shared.frames import encode_event
+    from roomcast.shared.store.memory import InMemoryMessageStore
+    from roomcast.webhooks.events import PATTERNS
+
+    class FlakyEmitter(WebhookEmitter):
+        """The broker refuses the first publish."""
+
+        failures = 1
+
+        async def emit(self, events: Any) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise BusUnavailableError("broker away (test)")
+            await super().emit(events)
+
+    received: list[WebhookPayload] = []
+
+    async def collect(message: Any) -> None:
+        received.append(WebhookPayload.model_validate_json(message.body))
+
+    await bus.consume("webhook-collector", PATTERNS, collect)
+    store = InMemoryMessageStore()
+    history = HistoryService(
+        bus, store, load_settings(), webhooks=FlakyEmitter(bus, persistent=False)
+    )
+    await history.start()
+    try:
+        message = chat(1)
+        frame = encode_event("updateChat", message.wire(), room=message.room)
+        await bus.publish("room.main.updateChat", frame.encode(), persistent=True)
+        await until(lambda: len(received) >= 1)
+    finally:
+        await history.stop()
+    assert [p.events[0].message.id for p in received if p.events[0].message] == [message.id]
+    assert [m.id for m in await store.newest("main", 10)] == [message.id]  # stored once
+
+
+def test_a_webhook_sender_without_its_settings_stops_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from roomcast.cli import main
+
+    for name in ("ROOMCAST_WEBHOOK_URL", "ROOMCAST_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["webhooks", "--port", "0"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "roomcast: error: ROOMCAST_WEBHOOK_URL: is required to send webhooks"
+    )
+    monkeypatch.setenv("ROOMCAST_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+    with pytest.raises(SystemExit):
+        main(["webhooks", "--port", "0"])
+    assert "ROOMCAST_WEBHOOK_SECRET: is required" in capsys.readouterr().err
+
+
+async def test_roomcast_dev_with_a_url_but_no_secret_does_not_start() -> None:
+    with pytest.raises(ConfigError, match="ROOMCAST_WEBHOOK_SECRET: is required"):
+        async with running(webhook_url="http://127.0.0.1:9/hook"):
+            pass
