@@ -208,6 +208,26 @@ def test_reactions_count_per_emoji_highlight_ones_own_and_toggle(
 
 
 # ---- unread badges and the "new messages" line ----------------------------------------------------
+def reopen(user: ChatPage, base_url: str) -> WebSocket:
+    """Opens the client again in the page (its tab keeps its rooms); returns its new socket."""
+    with user.page.expect_websocket() as opened:
+        user.page.goto(base_url + "/")
+    expect(user.box).to_be_visible()
+    return opened.value
+
+
+def expect_line_between(user: ChatPage, before: str, after: str) -> None:
+    """The "new messages" line is shown, right after `before` and before `after`."""
+    expect(user.messages.get_by_role("separator", name="New messages")).to_be_visible()
+    items = user.messages.locator(":scope > li")
+    at = items.evaluate_all(
+        "(lis) => lis.findIndex((li) => li.getAttribute('role') === 'separator')"
+    )
+    texts = items.all_inner_texts()
+    assert at - 1 == max(i for i, text in enumerate(texts) if before in text), (texts, at)
+    assert at + 1 == min(i for i, text in enumerate(texts) if after in text), (texts, at)
+
+
 def test_unread_badge_per_room_and_the_new_messages_line(
     server: DevProcess, open_user: OpenUser
 ) -> None:
@@ -237,25 +257,26 @@ def test_unread_badge_per_room_and_the_new_messages_line(
     # were marked read).
     alice.page.goto("about:blank")
     missed = [sent(bob, prefix="missed") for _ in range(3)]
-    alice.page.goto(server.http + "/")
-    expect(alice.box).to_be_visible()
+    socket = reopen(alice, server.http)
     expect(rooms_link(alice, lobby)).to_contain_text("3 unread")
 
     # The "new messages" line sits where Alice left off: after the last message she had read.
-    rooms_link(alice, lobby).click()
-    line = alice.messages.get_by_role("separator", name="New messages")
-    expect(line).to_be_visible()
+    with socket.expect_event("framereceived", lambda frame: has_marker(frame, lobby)):
+        rooms_link(alice, lobby).click()
     for body in read + missed:
         expect_once(alice, bob.name, body)
+    expect_line_between(alice, read[-1], missed[0])
     expect(rooms_link(alice, lobby)).not_to_contain_text("unread")
-    items = alice.messages.locator(":scope > li")
-    separator_at = items.evaluate_all(
-        "(lis) => lis.findIndex((li) => li.getAttribute('role') === 'separator')"
-    )
-    texts = items.all_inner_texts()
-    last_read = max(i for i, text in enumerate(texts) if read[-1] in text)
-    first_missed = min(i for i, text in enumerate(texts) if missed[0] in text)
-    assert last_read < separator_at < first_missed, (texts, separator_at)
+
+    # Back later, straight into the room she was in (no badge for the room in view): the line
+    # is again where she left off.
+    alice.page.goto("about:blank")
+    later = sent(bob, prefix="later")
+    reopen(alice, server.http)
+    expect(alice.page.get_by_role("heading", name=lobby, exact=True)).to_be_visible()
+    expect_once(alice, bob.name, later)
+    expect_line_between(alice, missed[-1], later)
+    expect(rooms_link(alice, lobby)).not_to_contain_text("unread")
 
 
 # ---- seen receipts ---------------------------------------------------------------------------------
