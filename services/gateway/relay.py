@@ -66,6 +66,7 @@ class Relay:
         self._membership = membership
         self._recent = recent
         self.last_ids: dict[str, str] = {}  # room -> id of the last chat message relayed there
+        self.history_revs: dict[str, int] = {}  # room -> the largest rev of a joiner's history
 
     async def on_message(self, message: Message) -> None:
         route = topics.parse(message.routing_key)
@@ -119,12 +120,17 @@ class Relay:
                 member.deliver(frame, "updateChat", message_id, size)
         return True
 
-    def note_history(self, room: str, last_id: str | None) -> None:
-        """A joiner's history ended at `last_id`: where a repair starts if nothing was relayed."""
+    def note_history(self, room: str, last_id: str | None, last_rev: int | None = None) -> None:
+        """A joiner's history ended at `last_id` and held revs up to `last_rev`: where a repair
+        starts (messages, changes) if nothing was relayed."""
         if last_id is not None:
             self.last_ids.setdefault(room, last_id)
+        if last_rev is not None:
+            self.history_revs[room] = max(last_rev, self.history_revs.get(room, 0))
 
     def prune(self, served: set[str]) -> None:
         """Forget the rooms this gateway no longer serves (keeps `last_ids` bounded)."""
         for room in [r for r in self.last_ids if r not in served]:
             del self.last_ids[room]
+        for room in [r for r in self.history_revs if r not in served]:
+            del self.history_revs[room]

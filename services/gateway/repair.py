@@ -109,7 +109,7 @@ class Repairer:
         start = self._starts.pop(room, _LAST)
         last = gw.relay.last_ids.get(room) if start is _LAST else start
         assert last is None or isinstance(last, str)
-        since_rev = self._rev_of(room, last)
+        since_rev = self._rev_of(room, last) or gw.relay.history_revs.get(room)
         reply: HistoryReply | None = None
         changes: HistoryReply | None = None
         for attempt in range(_ATTEMPTS):
@@ -160,7 +160,8 @@ class Repairer:
 
     def _rev_of(self, room: str, message_id: str | None) -> int | None:
         """The rev of a message this gateway relayed (read from its frame, only in a repair),
-        where missed changes start; None when it is not remembered."""
+        where missed changes start; None when it is not remembered (then the joiners'
+        history says where)."""
         seen = self._gw.recent.get(room, message_id) if message_id is not None else None
         if seen is None:
             return None

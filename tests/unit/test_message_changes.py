@@ -563,6 +563,24 @@ async def test_a_gap_repair_sends_the_changes_a_socket_missed(connect, server):
     assert [f["data"]["id"] for f in bob.received("updateChat", ROOM)][-1] == new.id
 
 
+async def test_a_gap_repair_starts_from_the_joiners_history_when_nothing_was_relayed(
+    connect, server
+):
+    author = await joined(connect, "alice")
+    said = await author.say(ROOM, "said before bob came")
+    await author.close()
+    bob = await joined(connect, "bob")  # the gateway has relayed nothing in the room since
+    assert [m["id"] for m in bob.received("msgHistory", ROOM)[0]["data"]] == [said["id"]]
+    like = await server.messages.react(
+        ROOM, said["id"], username="carl", emoji="👍", add=True, rev=0
+    )
+    gateway = server.system.gateway
+    await gateway.repairer.on_gap()
+    await gateway.repairer.wait()
+    assert (await bob.wait_for(changed("react", said["id"])))["data"] == like.wire()
+    assert bob.received("updateChat", ROOM) == []  # nothing new: no message sent again
+
+
 @pytest.mark.settings(recovery_max=2)
 async def test_a_gap_with_more_changes_than_a_recovery_closes_the_sockets_1013(connect, server):
     alice = await joined(connect, "alice")
