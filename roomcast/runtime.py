@@ -163,7 +163,11 @@ async def embedded(
         stack.push_async_callback(bus.close)
         # transient on the in-memory bus: a persistent publish there waits for the delivery
         webhooks = emitter_for(bus, settings, persistent=False)
-        sender = WebhookSender(bus, settings) if webhooks is not None else None
+        sender = (
+            WebhookSender(bus, settings, hold=None, persistent=False)
+            if webhooks is not None
+            else None
+        )
         if sender is not None:
             await sender.start()
             stack.push_async_callback(sender.stop)

@@ -6,8 +6,10 @@ receiver answered 2xx, so a sender that dies mid-way leaves it to the next one: 
 may see a POST twice, never zero times. Any other answer, a redirect, a timeout or a refused
 connection is retried with exponential backoff and jitter (tenacity), from
 `ROOMCAST_WEBHOOK_RETRY_FIRST` up to `ROOMCAST_WEBHOOK_RETRY_MAX` seconds between tries, each
-try signed anew (`signing`). Events older than `ROOMCAST_WEBHOOK_GIVE_UP_SECONDS` are dropped
-after a failed try (counted, logged as an error). POSTs are not ordered among themselves: an
+try signed anew (`signing`). A delivery still failing after `HOLD_SECONDS` goes back to the
+queue as a new message (published, confirmed, then acknowledged), so no broker limit on how
+long or how often a message is delivered ever drops it. Events older than
+`ROOMCAST_WEBHOOK_GIVE_UP_SECONDS` are dropped after a failed try (counted, logged as an error). POSTs are not ordered among themselves: an
 event's `time` orders them.
 
 It runs as its own process (`roomcast webhooks`) rather than inside history: a slow or dead
@@ -39,7 +41,7 @@ from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
 from roomcast.shared.config import ENV_PREFIX, ConfigError, Settings
 
 from . import signing
-from .events import PATTERNS, WebhookPayload, queue_name
+from .events import PATTERNS, ROUTING_KEY, WebhookPayload, queue_name
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +52,14 @@ DROPPED = Counter(
     "Webhook POSTs given up (gave_up: too old; malformed: not a webhook body)",
     ["reason"],
 )
+REQUEUED = Counter(
+    "roomcast_webhook_requeued_total",
+    "Webhook POSTs tried for the hold time and handed back to the queue as new messages",
+)
 POST_SECONDS = Histogram("roomcast_webhook_post_seconds", "Time to the receiver's answer")
+
+
+HOLD_SECONDS = 600.0  # well inside RabbitMQ's default consumer_timeout (30 minutes)
 
 
 class DeliveryError(Exception):
@@ -86,13 +95,22 @@ class WebhookSender:
         bus: Bus,
         settings: Settings,
         *,
+        hold: float | None = HOLD_SECONDS,
+        persistent: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`transport`: for tests that answer POSTs without a network."""
+        """`hold`: how long one delivery is tried before it goes back to the queue as a fresh
+        message (a confirmed publish, then the ack; `persistent` as for `WebhookEmitter`).
+        RabbitMQ closes a channel that keeps a delivery unacknowledged past its
+        consumer_timeout (30 minutes by default), and RabbitMQ 4 drops a quorum-queue message
+        delivered 20 times: a long outage of the receiver must cost neither. None: tried in
+        place for ever (the in-memory bus has no such limits). `transport`: for tests."""
         self._url, self._secret = webhook_target(settings)
         self._bus = bus
         self._settings = settings
         self._transport = transport
+        self._hold = hold
+        self._persistent = persistent
         self._client: httpx.AsyncClient | None = None
         self._consumer: Consumer | None = None
         self._stopping = asyncio.Event()
@@ -150,9 +168,11 @@ class WebhookSender:
             raise RejectMessage(f"not a webhook body: {exc.error_count()} errors") from exc
         give_up = self._settings.webhook_give_up_seconds
         deadline = payload.oldest / 1000 + give_up if give_up else None
+        held_until = time.monotonic() + self._hold if self._hold is not None else None
 
         def stop(state: RetryCallState) -> bool:
-            return deadline is not None and time.time() >= deadline
+            too_old = deadline is not None and time.time() >= deadline
+            return too_old or (held_until is not None and time.monotonic() >= held_until)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DeliveryError),
@@ -167,6 +187,9 @@ class WebhookSender:
                 with attempt:
                     await self._post(message.body)
         except DeliveryError as exc:
+            if deadline is None or time.time() < deadline:
+                await self._requeue(message.body, payload, exc)
+                return
             DROPPED.labels("gave_up").inc()
             log.error(
                 "webhook given up",
@@ -174,6 +197,17 @@ class WebhookSender:
                 age_s=round(time.time() - payload.oldest / 1000),
                 error=str(exc),
             )
+
+    async def _requeue(self, body: bytes, payload: WebhookPayload, error: Exception) -> None:
+        """Hand a POST that was tried for `hold` back to the queue, as a new message."""
+        await self._bus.publish(ROUTING_KEY, body, persistent=self._persistent)
+        REQUEUED.inc()
+        log.warning(
+            "webhook still failing; back to the queue",
+            events=len(payload.events),
+            held_s=self._hold,
+            error=str(error),
+        )
 
     async def _post(self, body: bytes) -> None:
         if self._stopping.is_set() or self._client is None:

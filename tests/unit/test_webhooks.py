@@ -322,6 +322,23 @@ async def test_a_stopped_sender_leaves_its_retries_to_the_next_one(
     assert [p.status for p in receiver.posts][-1] == 200
 
 
+async def test_a_post_failing_past_the_hold_goes_back_to_the_queue_as_a_new_message(
+    bus: InMemoryBus, receiver: WebhookReceiver
+) -> None:
+    receiver.answer([500] * 10_000)
+    requeued = metric("roomcast_webhook_requeued_total")
+    sender = WebhookSender(bus, fast_settings(receiver.url), hold=0.05, persistent=False)
+    await sender.start()
+    event = room_event("room.occupied", "held", now())
+    await WebhookEmitter(bus, persistent=False).emit([event])
+    await until(lambda: metric("roomcast_webhook_requeued_total") >= requeued + 2)
+    receiver.script.clear()
+    await receiver.wait_for(lambda rx: len(rx.delivered()) == 1)
+    await sender.stop()
+    assert receiver.event_ids() == {event.id}
+    assert len({p.body for p in receiver.posts}) == 1  # the same body, each time
+
+
 async def test_events_older_than_the_give_up_age_are_dropped_and_counted(
     bus: InMemoryBus, receiver: WebhookReceiver
 ) -> None:
