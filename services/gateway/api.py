@@ -1,12 +1,12 @@
 """The gateway's HTTP API: a room's history page by page, and its active users.
 
 Private rooms answer only to `Authorization: Bearer SESSION` with the session of one of their two
-members, or a signed-in member's token. Every error is `{"code", "message"}` with the WebSocket protocol's codes.
+members, or a signed-in member's token; under `ROOMCAST_AUTH=token` every room answers only to
+a token (`auth/bearer.py`). Every error is `{"code", "message"}` with the WebSocket protocol's codes.
 """
 
 from __future__ import annotations
 
-from contextlib import suppress
 from typing import Annotated, Literal, NotRequired, cast
 
 from pydantic import BaseModel, Field, PlainSerializer
@@ -17,10 +17,9 @@ from typing_extensions import TypedDict  # pydantic needs it, not typing.TypedDi
 from roomcast.shared import rpc
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.names import InvalidNameError, normalise_room
-from roomcast.shared.sessions import session_hash
 
 from .apikeys import backend_caller
-from .auth.tokens import TokenError
+from .auth.bearer import bearer_caller
 from .gateway import ChatGateway
 from .protocol import ProtocolError
 
@@ -72,7 +71,7 @@ class AuthHeaders(BaseModel):
         None,
         description=(
             "`Bearer SESSION` or `Bearer TOKEN` (a member's) or `Bearer <API key>`: for a "
-            "private room."
+            "private room; under ROOMCAST_AUTH=token, a token (or the API key) for every room."
         ),
     )
 
@@ -95,18 +94,8 @@ async def _users(room: str) -> rpc.UsersReply:
     gateway = _gateway()
     if backend_caller():  # the application's backend (2.4): any room
         return await gateway.presence.users(room, None, None, backend=True)
-    username = hashed = None
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        session = header.removeprefix("Bearer ").strip()
-        username = gateway.signer.username_of(session)
-        if username is not None:
-            hashed = session_hash(session)
-        elif gateway.tokens.configured:  # a signed-in member's token (2.4)
-            with suppress(TokenError):
-                identity = await gateway.tokens.verify(session)
-                username, hashed = identity.username, identity.key
-    reply = await gateway.presence.users(room, username, hashed)
+    caller = await bearer_caller(gateway, request.headers.get("Authorization", ""), room)
+    reply = await gateway.presence.users(room, caller.username, caller.key)
     if not reply.allowed:
         raise ProtocolError("room_private", f"room {room!r} is private; send a member's session")
     return reply
@@ -117,6 +106,7 @@ async def _users(room: str) -> rpc.UsersReply:
 @validate_querystring(MessagesQuery)
 @validate_response(MessagesPage, 200)
 @validate_response(ApiError, 400)
+@validate_response(ApiError, 401)
 @validate_response(ApiError, 403)
 @validate_response(ApiError, 503)
 async def room_messages(room: str, query_args: MessagesQuery) -> MessagesPage:
@@ -134,6 +124,7 @@ async def room_messages(room: str, query_args: MessagesQuery) -> MessagesPage:
 @document_headers(AuthHeaders)
 @validate_response(UsersPage, 200)
 @validate_response(ApiError, 400)
+@validate_response(ApiError, 401)
 @validate_response(ApiError, 403)
 @validate_response(ApiError, 503)
 async def room_users(room: str) -> UsersPage:

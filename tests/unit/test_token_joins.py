@@ -290,6 +290,11 @@ async def test_a_signed_in_member_reads_its_private_room_over_http_with_its_toke
             refused = await http.get(url, headers={"Authorization": f"Bearer {bad}"})
             assert refused.status_code == 403
             assert refused.json()["code"] == "room_private"
+        narrow = hs256(sub="u-pia", name="pia", rooms=["main"])
+        forbidden = await http.get(url, headers={"Authorization": f"Bearer {narrow}"})
+        assert forbidden.status_code == 403 and forbidden.json()["code"] == "forbidden"
+        public = await http.get(f"{server.http}/api/rooms/main/messages")
+        assert public.status_code == 200  # anonymous mode: public rooms need no credential
 
 
 async def test_a_name_kept_for_an_anonymous_session_goes_to_a_signed_in_user(connect):
@@ -347,3 +352,36 @@ async def _ignore(_: object) -> None:
 
 async def _ignore_frame(_: Connection, __: object) -> None:
     return None
+
+
+@pytest.mark.settings(auth="token", jwt_secret=JWT_SECRET)
+async def test_token_mode_http_reads_need_a_token_and_respect_the_rooms_claim(connect, server):
+    writer = await connect()
+    await sign_in(writer, hs256(sub="u-uma", name="uma"))
+    await writer.say("main", "for members")
+    url = f"{server.http}/api/rooms/main/messages"
+    async with httpx.AsyncClient() as http:
+        nobody = await http.get(url)
+        assert nobody.status_code == 401 and nobody.json()["code"] == "unauthorized"
+        with capture_logs() as logs:
+            expired = await http.get(url, headers=bearer(hs256(ttl=-5)))
+        assert expired.status_code == 401 and "expired" in expired.json()["message"]
+        assert logged(logs, "token refused")[0]["via"] == "http"
+        session = await http.get(url, headers=bearer(writer_session(server, "uma")))
+        assert session.status_code == 401  # sessions sign nobody in here
+        ok = await http.get(url, headers=bearer(hs256(name="vic")))
+        assert [m["body"] for m in ok.json()["messages"]] == ["for members"]
+        elsewhere = await http.get(url, headers=bearer(hs256(name="vic", rooms=["team"])))
+        assert elsewhere.status_code == 403 and elsewhere.json()["code"] == "forbidden"
+        users = await http.get(f"{server.http}/api/rooms/main/users", headers=bearer(hs256()))
+        assert users.json() == {"users": ["uma"]}
+        assert (await http.get(f"{server.http}/api/rooms/main/users")).status_code == 401
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+def writer_session(server: Any, username: str) -> str:
+    """A session as an anonymous join would have had it (valid, but not a token)."""
+    return str(server.system.gateway.signer.mint(username))
