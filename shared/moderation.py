@@ -87,6 +87,19 @@ class ModerateRequest(_Frozen):
     backend: bool = False
 
 
+class ModerateReply(_Frozen):
+    """What presence answers a `ModerateRequest`: the ack's fields, and the room's state after
+    it, so the asking gateway holds the change at once (its broadcast reaches the others)."""
+
+    room: str
+    username: str
+    seconds: int | None = None
+    state: RoomModeration
+
+    def ack(self) -> dict[str, object]:
+        return self.model_dump(exclude={"state"}, exclude_none=True)
+
+
 class ModerationQuery(_Frozen):
     """`presence.moderation`: a room's state, for a gateway that has none cached."""
 

@@ -32,6 +32,7 @@ from roomcast.shared.bus import BusUnavailableError, Message, Subscription
 from roomcast.shared.moderation import (
     BACKEND,
     Action,
+    ModerateReply,
     ModerateRequest,
     ModerationChange,
     ModerationQuery,
@@ -171,13 +172,16 @@ class Moderation:
         await self._gw.bus.publish(topics.disconnect_user(username), b"")
 
     async def _ask(self, request: ModerateRequest) -> dict[str, object]:
+        """Presence's answer; its state is held here at once (read your own writes)."""
         result = await rpc.call(
             self._gw.bus,
             topics.presence_request("moderate"),
             request,
             timeout=self._gw.settings.request_timeout,
         )
-        return dict(result) if isinstance(result, dict) else {}
+        reply = ModerateReply.model_validate(result)
+        self.learn(reply.state)
+        return reply.ack()
 
     # what the bus brings ------------------------------------------------------------------
     async def _on_message(self, message: Message) -> None:

@@ -26,6 +26,7 @@ from roomcast.shared import rpc, topics
 from roomcast.shared.bus import Bus, BusUnavailableError, Message
 from roomcast.shared.models import MAIN_ROOM
 from roomcast.shared.moderation import (
+    ModerateReply,
     ModerateRequest,
     ModerationChange,
     ModerationQuery,
@@ -112,7 +113,7 @@ class RoomModerator:
         log.info("room moderated", **what, seconds=req.seconds)
         return rpc.result(reply)
 
-    async def _moderate(self, req: ModerateRequest) -> dict[str, object]:
+    async def _moderate(self, req: ModerateRequest) -> ModerateReply:
         room, action, key = req.room, req.action, username_key(req.username)
         state = await self.state(room)
         if not (req.backend or req.moderator or state.owned_by(req.identity)):
@@ -141,10 +142,8 @@ class RoomModerator:
                 "unavailable",
                 "the change is stored but not every gateway heard of it; send it again",
             )
-        reply: dict[str, object] = {"room": room, "username": req.username}
-        if req.seconds is not None and action == "mute":
-            reply["seconds"] = req.seconds
-        return reply
+        seconds = req.seconds if action == "mute" else None
+        return ModerateReply(room=room, username=req.username, seconds=seconds, state=state)
 
     async def _tell(self, change: ModerationChange) -> bool:
         """Broadcast to every gateway; whether the broker took it (the state is stored already,

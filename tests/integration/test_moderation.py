@@ -1,7 +1,7 @@
 """Moderation across processes (PROTOCOL.md 2.4): two gateways, presence and history on
 RabbitMQ and SecantusDB. A ban or a mute made on one gateway holds on the other, and keeps
 holding after presence (which owns the state) and a gateway restart; the backend API on either
-gateway acts on both."""
+gateway acts on both, and its disconnect closes the user's sockets on the other."""
 
 from __future__ import annotations
 
@@ -81,6 +81,11 @@ async def test_moderation_holds_on_every_gateway_and_after_restarts(
         await bob_on_1.join("bob", room="lobby", session=bob.session)
         await carol_again.say("lobby", "unmuted")
         assert (await alice.event("updateChat", "lobby"))["data"]["body"] == "unmuted"
+
+        # a disconnect asked of gateway 1 closes carol's socket on gateway 2
+        async with httpx.AsyncClient(base_url=gw1.http, headers=headers) as http:
+            assert (await http.post("/api/users/carol/disconnect")).status_code == 204
+        assert await asyncio.wait_for(carol_again.closed, 10) == 4003
     finally:
         await cluster.close()
 

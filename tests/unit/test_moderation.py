@@ -391,3 +391,15 @@ async def test_a_signed_in_owner_is_its_subject_on_every_connection(connect, ser
     await _sign_in(later, hs256(sub="u-olga", name="olga", ttl=60), "main")
     await later.request("ban", {"room": "den", "username": "bob"})
     assert (await bob.event("kicked", "den"))["data"] == {"room": "den", "by": "olga"}
+
+
+async def test_the_acting_gateway_holds_a_change_before_its_broadcast(connect, server):
+    """Presence's answer carries the new state: no wait for the broadcast on this gateway."""
+    alice, bob, _carol = await _lobby(connect)
+    subscription = server.system.gateway.moderation._subscription
+    assert subscription is not None
+    await subscription.unbind("moderation.*")  # the broadcasts no longer reach this gateway
+    await alice.request("mute", {"room": "lobby", "username": "bob", "seconds": 600})
+    assert (await _refused(bob, "updateChat", _chat(bob))).code == "muted"
+    await alice.request("unmute", {"room": "lobby", "username": "bob"})
+    await bob.say("lobby", "heard at once")
