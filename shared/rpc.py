@@ -110,6 +110,8 @@ class HistoryReply(Wire):
     known: bool = True
     last_read: str | None = None
     unread: int | None = None
+    # since_rev: `messages` are in rev order, so the last is not the room's newest; this is
+    newest: str | None = None
 
 
 class ChangeRequest(Wire):

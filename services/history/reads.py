@@ -47,7 +47,10 @@ async def _since_rev(
         return await _recent(store, settings, room, query, limit)
     changed = await store.since_rev(room, query.since_rev, limit + 1)
     if len(changed) <= limit:
-        return rpc.HistoryReply(messages=changed, recovered=True)
+        newest = await store.newest(room, 1)
+        return rpc.HistoryReply(
+            messages=changed, recovered=True, newest=newest[0].id if newest else None
+        )
     return rpc.HistoryReply(messages=await store.newest(room, limit), recovered=False)
 
 

@@ -581,6 +581,30 @@ async def test_a_gap_repair_starts_from_the_joiners_history_when_nothing_was_rel
     assert bob.received("updateChat", ROOM) == []  # nothing new: no message sent again
 
 
+async def test_after_a_since_rev_join_a_gap_repair_sends_no_message_again(connect, server):
+    """`msgHistory` of a `sinceRev` join is in rev order: its last message is not the room's
+    newest, and a repair must not start from it (or it would send known messages again)."""
+    stored = await server.messages.insert_many(
+        [
+            ChatMessage(id=f"old-{n}", username="carl", body=f"m{n}", time=n, room=ROOM)
+            for n in range(3)
+        ]
+    )
+    await server.messages.react(ROOM, "old-0", username="dan", emoji="👍", add=True, rev=0)
+    alice = await connect()
+    ack = await alice.join("alice", ROOM, sinceRev=stored[0].rev)
+    assert ack["recovered"] is True
+    history = alice.received("msgHistory", ROOM)[0]["data"]
+    assert [m["id"] for m in history] == ["old-1", "old-2", "old-0"]
+    gateway = server.system.gateway
+    await gateway.repairer.on_gap()
+    await gateway.repairer.wait()
+    bob = await joined(connect, "bob")
+    await fence(bob, ROOM, alice)  # whatever the repair sent is in before the fence
+    got = [f["data"]["body"] for f in alice.received("updateChat", ROOM)]
+    assert len(got) == 1 and got[0].startswith("fence-"), got
+
+
 @pytest.mark.settings(recovery_max=2)
 async def test_a_gap_with_more_changes_than_a_recovery_closes_the_sockets_1013(connect, server):
     alice = await joined(connect, "alice")

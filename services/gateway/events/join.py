@@ -94,11 +94,8 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
     conn.push(event_frame("msgHistory", messages, room=room), "msgHistory")
     conn.push(event_frame("activeUsers", admission.users, room=room), "activeUsers")
     if history is not None:
-        gw.relay.note_history(
-            room,
-            history.messages[-1].id if history.messages else None,
-            max((m.rev for m in history.messages), default=None),
-        )
+        newest = history.newest or (history.messages[-1].id if history.messages else None)
+        gw.relay.note_history(room, newest, max((m.rev for m in history.messages), default=None))
     member.go_live({m.id for m in history.messages} if history is not None else set())
     ack: dict[str, object] = {
         **_who(session, identity),
