@@ -9,8 +9,8 @@ connection is retried with exponential backoff and jitter (tenacity), from
 try signed anew (`signing`). A delivery still failing after `HOLD_SECONDS` goes back to the
 queue as a new message (published, confirmed, then acknowledged), so no broker limit on how
 long or how often a message is delivered ever drops it. Events older than
-`ROOMCAST_WEBHOOK_GIVE_UP_SECONDS` are dropped after a failed try (counted, logged as an error). POSTs are not ordered among themselves: an
-event's `time` orders them.
+`ROOMCAST_WEBHOOK_GIVE_UP_SECONDS` are dropped after a failed try (counted, logged as an
+error). POSTs are not ordered among themselves: an event's `time` orders them.
 
 It runs as its own process (`roomcast webhooks`) rather than inside history: a slow or dead
 receiver then holds only the sender's queue and connections, never history's single active
