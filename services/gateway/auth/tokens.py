@@ -5,12 +5,15 @@ in plain words why not (the client gets it as `unauthorized`).
   `ROOMCAST_JWKS_URL` (`jwks.py`). The algorithm is taken from a fixed list per configured
   key, never from the token alone: no `none`, no HS256 signed with a public key.
 - `sub` and `exp` are required; `name` (default `sub`) is normalised as any username, `rooms`
-  as room names; `roles` is kept as given. `nbf` and `iat` are checked when present, `aud` and
-  `iss` when `ROOMCAST_JWT_AUDIENCE` / `ROOMCAST_JWT_ISSUER` are set.
+  as room names; `roles` is kept as given. `nbf` and `iat` are checked when present, allowing
+  `CLOCK_SKEW` seconds for a token issuer whose clock runs ahead (never for `exp`: the socket
+  closes at `exp` exactly); `aud` and `iss` when `ROOMCAST_JWT_AUDIENCE` / `_ISSUER` are set.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import jwt
@@ -27,6 +30,7 @@ MAX_TOKEN_CHARS = 8192
 MAX_SUB_CHARS = 255
 MAX_ROOMS = 1000
 MAX_ROLES = 64
+CLOCK_SKEW = 30.0  # seconds an nbf or iat may lie ahead of this gateway's clock
 SYMMETRIC = "HS256"
 ASYMMETRIC = ("RS256", "ES256")
 
@@ -102,10 +106,11 @@ class TokenVerifier:
                 algorithms=[str(alg)],
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"require": ["sub", "exp"]},
+                options={"require": ["sub", "exp"], "verify_nbf": False, "verify_iat": False},
             )
         except jwt.PyJWTError as exc:
             raise TokenError(_why(exc)) from None
+        _check_started(payload)
         return self._identity(payload)
 
     async def _key(self, alg: object, kid: object) -> Any:
@@ -158,6 +163,23 @@ class TokenVerifier:
             roles=frozenset(claims.roles),
             exp=claims.exp,  # as the token has it: an int stays an int on the wire
         )
+
+
+def _check_started(payload: dict[str, Any]) -> None:
+    """`nbf` and `iat`, with `CLOCK_SKEW` (PyJWT's leeway would stretch `exp` as well)."""
+    now = time.time()
+    for claim in ("nbf", "iat"):
+        value = payload.get(claim)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise TokenError(f"the token's {claim!r} claim is not a number")
+        if value > now + CLOCK_SKEW:
+            raise TokenError(f"the token is not valid yet ({claim} is in the future)")
 
 
 def _why(exc: jwt.PyJWTError) -> str:
