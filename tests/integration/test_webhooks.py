@@ -12,11 +12,14 @@ from pathlib import Path
 import aio_pika
 import pytest
 from aio_pika.exceptions import ChannelPreconditionFailed
+from prometheus_client import REGISTRY
 
 from roomcast.shared.bus.rabbit import RabbitBus
+from roomcast.shared.config import load_settings
 from roomcast.shared.secantus import SecantusServer
 from roomcast.webhooks.emitter import WebhookEmitter
 from roomcast.webhooks.events import WebhookEvent, queue_name, room_event
+from roomcast.webhooks.sender import WebhookSender
 from tests.servers.rabbitmq import machine_broker_url
 from tests.support.chat_client import ChatClient
 from tests.support.cluster import Cluster, ServiceProcess
@@ -149,4 +152,38 @@ async def test_the_distributed_stack_posts_room_member_and_message_events(
     ]
     (posted,) = [e for e in lobby if e["type"] == "message.posted"]
     assert posted["message"] == sent
+    assert receiver.verified()
+
+
+async def test_a_post_held_too_long_is_handed_back_to_the_durable_queue(
+    cluster: Cluster, receiver: WebhookReceiver, emitter: WebhookEmitter
+) -> None:
+    """RabbitMQ's consumer timeout and delivery limit never see a long outage: after its hold,
+    a failing POST is published anew (confirmed) and its delivery acknowledged."""
+    receiver.answer([500] * 10_000)
+    requeued = REGISTRY.get_sample_value("roomcast_webhook_requeued_total") or 0.0
+    settings = load_settings(
+        amqp_url=cluster.amqp_url,
+        exchange=cluster.exchange,
+        webhook_url=receiver.url,
+        webhook_secret=SECRET,
+        webhook_retry_first=0.02,
+        webhook_retry_max=0.05,
+    )
+    bus = RabbitBus(cluster.amqp_url, exchange=cluster.exchange, name="test-webhook-sender")
+    await bus.connect()
+    sender = WebhookSender(bus, settings, hold=0.2)
+    try:
+        await sender.start()
+        sent = await emit_each(emitter, events(3))
+        await receiver.wait_for(lambda rx: len(rx.posts) >= 30, timeout=60)
+        await sender.stop()
+        assert (REGISTRY.get_sample_value("roomcast_webhook_requeued_total") or 0) >= requeued + 3
+        assert await queue_state(cluster) == 3  # handed back, nothing dropped
+        receiver.script.clear()
+        await sender.start()
+        await receiver.wait_for(lambda rx: rx.event_ids() == sent, timeout=60)
+    finally:
+        await sender.stop()
+        await bus.close()
     assert receiver.verified()
