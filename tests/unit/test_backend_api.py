@@ -274,3 +274,13 @@ async def test_the_openapi_documents_the_backend_api_with_its_scheme(server):
         assert operation["security"] == [{"backendKey": []}], path
         assert {"401", "429"} <= operation["responses"].keys(), path
     assert "get" in paths["/api/rooms/{room}/messages"]
+
+
+@pytest.mark.settings(api_key=NEW_KEY, request_timeout=1)
+async def test_presence_away_is_503(connect, server):
+    _alice, bob = await _room(connect)
+    await server.system.presence.stop()
+    async with _api(server) as http:
+        answer = await http.post("/api/rooms/lobby/bans", json={"username": "bob"})
+    assert answer.status_code == 503 and answer.json()["code"] == "unavailable"
+    await bob.say("lobby", "not banned")

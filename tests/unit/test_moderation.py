@@ -14,7 +14,16 @@ from structlog.testing import capture_logs
 
 from roomcast.shared import rpc, topics
 from roomcast.shared.auth import subject_key
-from roomcast.shared.moderation import ModerationChange, RoomModeration, RoomOwner, Sanction
+from roomcast.shared.bus import BusUnavailableError
+from roomcast.shared.errors import ProtocolError
+from roomcast.shared.moderation import (
+    BACKEND,
+    ModerateRequest,
+    ModerationChange,
+    RoomModeration,
+    RoomOwner,
+    Sanction,
+)
 from roomcast.shared.store.base import StoreUnavailableError
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.moderation import logged, private_pair
@@ -403,3 +412,49 @@ async def test_the_acting_gateway_holds_a_change_before_its_broadcast(connect, s
     assert (await _refused(bob, "updateChat", _chat(bob))).code == "muted"
     await alice.request("unmute", {"room": "lobby", "username": "bob"})
     await bob.say("lobby", "heard at once")
+
+
+# --- presence's own refusals -------------------------------------------------------------------
+
+
+@pytest.mark.settings(request_timeout=2)
+async def test_a_store_that_fails_refuses_the_change_unavailable(connect, server, monkeypatch):
+    alice, bob, _carol = await _lobby(connect)
+
+    async def away(*args: object) -> RoomModeration:
+        raise StoreUnavailableError("switched off by the test")
+
+    monkeypatch.setattr(server.rooms, "add_sanction", away)
+    with capture_logs() as logs:
+        refused = await _refused(alice, "ban", {"room": "lobby", "username": "bob"})
+    assert refused.code == "unavailable" and "room store" in str(refused)
+    assert logged(logs, "moderation refused", action="ban", code="unavailable") == 1
+    await bob.say("lobby", "not banned")
+
+
+async def test_a_change_not_broadcast_asks_to_be_sent_again(connect, server, monkeypatch):
+    alice, bob, _carol = await _lobby(connect)
+    bus = server.system.bus
+    publish = bus.publish
+
+    async def no_broadcasts(key: str, body: bytes, **kwargs: object) -> None:
+        if key.startswith("moderation."):
+            raise BusUnavailableError("broker away (test)")
+        await publish(key, body, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bus, "publish", no_broadcasts)
+    with capture_logs() as logs:
+        refused = await _refused(alice, "mute", {"room": "lobby", "username": "bob", "seconds": 9})
+    assert refused.code == "unavailable" and "send it again" in str(refused)
+    assert logged(logs, "moderation change not broadcast", room="lobby") == 1
+    monkeypatch.setattr(bus, "publish", publish)
+    await alice.request("mute", {"room": "lobby", "username": "bob", "seconds": 9})  # again
+    assert (await _refused(bob, "updateChat", _chat(bob))).code == "muted"
+
+
+async def test_presence_refuses_a_mute_without_seconds(server):
+    """Gateways never send one (their payloads need `seconds`); presence still says so."""
+    request = ModerateRequest(room="lobby", action="mute", username="bob", by=BACKEND, backend=True)
+    with pytest.raises(ProtocolError) as refused:
+        await rpc.call(server.system.bus, topics.presence_request("moderate"), request, timeout=5)
+    assert refused.value.code == "invalid" and "seconds" in refused.value.message
