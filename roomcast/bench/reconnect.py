@@ -31,10 +31,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from . import reconnectreport
-from .deploy import Deployment, Monitor
+from .deploy import Deployment, Monitor, http_get
 from .reconnectclient import StormClient
 from .runner import Bench, BenchError, Options, drive, publish
 from .scenarios import Config, room_name
+from .stats import prometheus_counters
 from .worker import cpu_seconds
 
 CONNECT_WINDOW = 64
@@ -42,6 +43,7 @@ JOIN_WINDOW = 32
 WARM_S = 1.0  # writers chat this long before the kill
 QUIET_S = 1.0  # no new message for this long: the clients have settled
 SETTLE_LIMIT_S = 15.0
+PRESENCE_OPS = "roomcast_presence_ops_total"
 
 
 async def _each(
@@ -126,6 +128,8 @@ class Storm:
         roles = {k: v for k, v in deployment.pids().items()}
         roles["gateway"] = [p for p in roles.get("gateway", []) if p != victim.pid]
         monitor = Monitor(roles)
+        presence = next(s for s in deployment.services if s.role == "presence")
+        ops0 = await _presence_ops(presence.port)
         cpu0, own0 = monitor.cpu(), cpu_seconds()
         t_kill = time.monotonic()
         assert victim.process is not None
@@ -139,6 +143,7 @@ class Storm:
             progress.update(done, f"{done:,} of {cfg.clients:,} recovered")
         t_end = time.monotonic()
         cpu1, own1 = monitor.cpu(), cpu_seconds()
+        ops1 = await _presence_ops(presence.port)
         await asyncio.sleep(WARM_S)
         stop.set()
         await asyncio.gather(*writing)
@@ -155,6 +160,9 @@ class Storm:
                 role: round(s, 3) for role, s in monitor.by_role(_delta(cpu0, cpu1)).items()
             },
             "loadgen_cpu_s": round(own1 - own0, 3),
+            "presence_ops": {
+                k: v - ops0.get(k, 0.0) for k, v in ops1.items() if v > ops0.get(k, 0)
+            },
         }
 
     async def _until(self, ready: Callable[[], bool], limit: float) -> None:
@@ -182,6 +190,7 @@ class Storm:
         entry["storm_s"] = round(measured["storm_s"], 3)
         entry["server_cpu_by_role_s"] = measured["server_cpu_by_role_s"]
         entry["loadgen_cpu_s"] = measured["loadgen_cpu_s"]
+        entry["presence_ops"] = measured["presence_ops"]
         return {
             **{k: base[k] for k in ("tool", "schema", "scenario", "machine", "command")},
             "params": {
@@ -198,6 +207,13 @@ class Storm:
                 *(n for n in base["notes"] if "RATE_PER_SECOND" in n or "batch=1" in n),
             ],
         }
+
+
+async def _presence_ops(port: int) -> dict[str, float]:
+    """Presence's requests handled so far, by op and outcome (what it did during the storm,
+    answered in time or not)."""
+    text = await http_get("127.0.0.1", port, "/metrics")
+    return {} if text is None else prometheus_counters(text, PRESENCE_OPS)
 
 
 def _delta(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:

@@ -51,7 +51,8 @@ class StormClient:
         self.lost_at: float | None = None
         self.opened_at: float | None = None
         self.recovered_at: float | None = None
-        self.attempts = 0
+        self.attempts = 0  # joins tried after the drop
+        self.connections = 0  # sockets opened after the drop
         self.failure: str | None = None
         self._refs = 0
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -140,8 +141,10 @@ class StormClient:
         self.acked.append((message["id"], time.monotonic()))
 
     async def come_back(self, urls: list[str], deadline: float, rng: random.Random) -> None:
-        """After the socket dropped: reconnect to one of `urls` (the next on each retry), join
-        with `since`, until the ack says `recovered` or the deadline passes."""
+        """After the socket dropped: reconnect to one of `urls` (the next one each time a
+        socket is needed) and join with `since`, until the ack says `recovered` or the deadline
+        passes. A refused join is tried again on the same socket; a join without history is
+        left and joined again (PROTOCOL.md 2.2: "the client may join again later with since")."""
         try:
             await asyncio.wait_for(self.lost.wait(), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -153,15 +156,15 @@ class StormClient:
                 self.failure = self.failure or "deadline"
                 return
             await asyncio.sleep(delay)
-            url = urls[(self.index + self.attempts) % len(urls)]
             self.attempts += 1
             try:
-                await self.open(url)
+                if self.ws is None or not self.ws.is_open:
+                    await self.open(urls[(self.index + self.connections) % len(urls)])
+                    self.connections += 1
                 ack = await self.join(since=True)
             except RefusedError as exc:
                 self.error(f"join_{exc.code}")
                 self.failure = f"join refused: {exc.code}"
-                self.close()
                 continue
             except (OSError, TimeoutError, ConnectionError) as exc:
                 self.error(f"connect_{type(exc).__name__}")
@@ -169,15 +172,20 @@ class StormClient:
                 self.close()
                 continue
             if ack.get("history") is False:
+                self.error("joined_without_history")
                 self.failure = "joined without history"
-            elif ack.get("recovered") is not True:
+                with contextlib.suppress(RefusedError, TimeoutError, ConnectionError):
+                    await self.request("userLeave", {"room": self.room})
+                continue
+            if ack.get("recovered") is not True:
                 self.failure = "recovered: false"
-            else:
-                self.failure = None
-                self.recovered_at = time.monotonic()
+                return
+            self.failure = None
+            self.recovered_at = time.monotonic()
             return
 
     def close(self) -> None:
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 self.ws.close()
+            self.ws = None

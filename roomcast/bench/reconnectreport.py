@@ -46,6 +46,7 @@ def summarize(
             round((u.recovered_at - t_kill) * 1000, 1) for u in recovered if u.recovered_at
         ),
         "attempts": dict(sorted(attempts.items(), key=lambda kv: int(kv[0]))),
+        "connections": sum(u.connections for u in users),
         "errors_by_kind": add_counts(c.errors for c in [*users, *writers]),
         "messages_posted": sum(len(ids) for ids in posted.values()),
         "missing": sum(missing.values()),
@@ -86,13 +87,16 @@ def print_table(result: Mapping[str, Any]) -> None:
         f"recovered {entry['recovered']:,} of {entry['clients']:,}; "
         f"messages posted meanwhile {entry['messages_posted']:,}, missing {entry['missing']:,} "
         f"(at {entry['users_missing']} users), duplicates {entry['duplicates']:,}; "
-        f"attempts {entry['attempts']}",
+        f"users by joins tried {entry['attempts']}, sockets opened {entry['connections']:,}",
         highlight=False,
     )
     for gone in entry["unrecovered"][:20]:
         console.print(f"never recovered: {gone['username']} ({gone['why']})", highlight=False)
     if len(entry["unrecovered"]) > 20:
         console.print(f"... and {len(entry['unrecovered']) - 20} more", highlight=False)
+    if entry.get("presence_ops"):
+        ops = ", ".join(f"{k}: {v:,.0f}" for k, v in sorted(entry["presence_ops"].items()))
+        console.print(f"presence requests handled during the storm: {ops}", highlight=False)
     if entry["errors_by_kind"]:
         console.print(f"errors: {entry['errors_by_kind']}", highlight=False)
     for note in result.get("notes", []):

@@ -294,6 +294,18 @@ def schema_problems(result: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def prometheus_counters(text: str, metric: str) -> dict[str, float]:
+    """A Prometheus counter's samples `{labels: value}` (labels as written, `op="join",...`),
+    from the text exposition format."""
+    out: dict[str, float] = {}
+    prefix = f"{metric}{{"
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            labels, _, value = line[len(prefix) :].partition("} ")
+            out[labels] = out.get(labels, 0.0) + float(value)
+    return out
+
+
 def prometheus_buckets(text: str, metric: str) -> dict[float, float]:
     """Cumulative bucket counts `{le: count}` of a Prometheus histogram (summed over label
     sets), from the text exposition format."""

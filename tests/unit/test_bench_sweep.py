@@ -11,6 +11,7 @@ import pytest
 from roomcast.bench.reconnectclient import StormClient, backoff
 from roomcast.bench.reconnectreport import summarize
 from roomcast.bench.scenarios import resolve, with_overrides
+from roomcast.bench.stats import prometheus_counters
 from roomcast.bench.sweep import knee, next_rate, offered_deliveries, verdict
 
 pytestmark = pytest.mark.unit
@@ -92,7 +93,7 @@ def test_storm_summary_counts_recovery_gaps_and_repeats() -> None:
     back.seen, back.duplicates, back.attempts = {"old", "m1", "m2", "m3"}, 1, 1
     back.lost_at, back.opened_at, back.recovered_at = 110.01, 111.0, 111.5
     gap = StormClient(1, "b", "r")
-    gap.seen, gap.attempts = {"m1", "m3"}, 2
+    gap.seen, gap.attempts, gap.connections = {"m1", "m3"}, 2, 2
     gap.lost_at, gap.opened_at, gap.recovered_at = 110.02, 112.0, 113.0
     never = StormClient(2, "c", "r")
     never.attempts, never.failure, never.lost_at = 3, "recovered: false", 110.03
@@ -104,3 +105,18 @@ def test_storm_summary_counts_recovery_gaps_and_repeats() -> None:
     assert entry["messages_posted"] == 3  # "old" came before everyone had joined
     assert (entry["missing"], entry["users_missing"], entry["duplicates"]) == (1, 1, 1)
     assert entry["attempts"] == {"1": 1, "2": 1, "3": 1}
+    assert entry["connections"] == 2
+
+
+def test_prometheus_counters_by_label_set() -> None:
+    text = (
+        "# HELP roomcast_presence_ops_total Presence requests handled\n"
+        "# TYPE roomcast_presence_ops_total counter\n"
+        'roomcast_presence_ops_total{op="join",outcome="ok"} 12.0\n'
+        'roomcast_presence_ops_total{op="leave",outcome="ok"} 3.0\n'
+        'roomcast_presence_ops_created{op="join",outcome="ok"} 1.7e+09\n'
+    )
+    assert prometheus_counters(text, "roomcast_presence_ops_total") == {
+        'op="join",outcome="ok"': 12.0,
+        'op="leave",outcome="ok"': 3.0,
+    }
