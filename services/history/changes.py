@@ -7,6 +7,7 @@ The store gives the changed message its rev and refuses with `ProtocolError`s (`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,11 +44,29 @@ async def _mark_read(
     return {"id": marker, "unread": state.unread}
 
 
-async def apply(store: MessageStore, room: str, change: rpc.ChangeRequest) -> dict[str, object]:
+def applied_now(clock: Callable[[], float] = time.time) -> int:
+    """A rev above every rev proposed up to now (`RevClock`: milliseconds x 1000 plus a counter):
+    the end of the current millisecond."""
+    return int(clock() * 1000) * 1000 + 999
+
+
+async def apply(
+    store: MessageStore,
+    room: str,
+    change: rpc.ChangeRequest,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, object]:
     """The reply data of a change; raises `ProtocolError` for a refusal and
-    `StoreUnavailableError` when the store does not answer."""
+    `StoreUnavailableError` when the store does not answer.
+
+    The gateway proposed the change's rev when it was asked; messages published while the
+    change waited in the queue proposed larger ones, and clients may have them live before the
+    change's event. So the change gets a rev above every proposal made before it is applied:
+    a client that recovers from the largest rev it saw still gets it (PROTOCOL.md 2.3)."""
     if change.op == "markRead":
         return await _mark_read(store, room, change)
+    change = change.model_copy(update={"rev": max(change.rev, applied_now(clock))})
     method, names = MESSAGE_CHANGES[change.op]
     message = await method(store)(room, change.id, **_arguments(change, names))
     return {"message": message.wire()}

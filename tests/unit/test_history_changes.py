@@ -4,6 +4,7 @@ chat writes of `room.<room>.updateChat`), replies come back as `rpc.result`/`rpc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,12 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
+from roomcast.history import changes
 from roomcast.history.service import HistoryService
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import InMemoryBus, Message, RejectMessage
 from roomcast.shared.config import load_settings
 from roomcast.shared.errors import ProtocolError
-from roomcast.shared.models import ChatMessage
+from roomcast.shared.models import ChatMessage, RevClock
 from roomcast.shared.store.memory import InMemoryMessageStore
 from roomcast.shared.topics import Header
 
@@ -87,7 +89,7 @@ async def test_an_edit_lands_after_the_writes_ahead_of_it(history: History) -> N
     result = await history.change("edit", "m0002", body="fixed", rev=1)
     message = result["message"]
     assert (message["id"], message["body"], message["edited"]) == ("m0002", "fixed", 77)
-    assert message["rev"] == 3  # the proposal (1) raised above the room's largest rev (2)
+    assert message["rev"] > 2  # the proposal (1) raised above the room's largest rev (2)
     assert "author" not in message
     stored = await history.store.get(ROOM, "m0002")
     assert stored is not None and stored.wire() == message
@@ -144,13 +146,42 @@ async def test_mark_read_and_a_read_with_a_reader(history: History) -> None:
 async def test_since_rev(history: History) -> None:
     for n in (1, 2, 3):
         await history.post(n)
-    await history.change("edit", "m0001", body="changed")  # rev 4
+    edit = await history.change("edit", "m0001", body="changed")
     changed = await history.query(op="since_rev", since_rev=2, limit=5, reader=BOB, username="bob")
-    assert [(m.id, m.rev) for m in changed.messages] == [("m0003", 3), ("m0001", 4)]
+    assert [(m.id, m.rev) for m in changed.messages] == [
+        ("m0003", 3),
+        ("m0001", edit["message"]["rev"]),
+    ]
+    assert changed.newest == "m0003"  # in rev order, the room's newest is not the last
     assert changed.recovered is True and (changed.last_read, changed.unread) == (None, 3)
     too_many = await history.query(op="since_rev", since_rev=0, limit=2)
     assert too_many.recovered is False
     assert [m.id for m in too_many.messages] == ["m0002", "m0003"]  # the newest, stored order
+
+
+async def test_a_change_is_ordered_after_what_was_proposed_while_it_waited(
+    history: History,
+) -> None:
+    """A gateway proposes a change's rev when it is asked; a message published while the change
+    waits in the queue proposes a larger one, and its readers may have it before the change's
+    event. The change still gets the larger rev, so recovering from the largest rev seen
+    finds it."""
+    await history.post(1)
+    asked = RevClock().next()
+    await asyncio.sleep(0.005)  # the clock moves on (no timing is asserted)
+    meanwhile = RevClock().next()
+    assert meanwhile > asked
+    result = await history.change("edit", "m0001", body="late", rev=asked)
+    assert result["message"]["rev"] > meanwhile
+    frozen = await changes.apply(
+        history.store,
+        ROOM,
+        rpc.ChangeRequest(
+            op="react", id="m0001", author=ANN, username="ann", rev=5, at=1, emoji="x", add=True
+        ),
+        clock=lambda: 1.0,  # a clock far behind: the room's largest rev still comes first
+    )
+    assert frozen["message"]["rev"] == result["message"]["rev"] + 1
 
 
 async def test_a_store_that_is_down_refuses_reads_and_changes(history: History) -> None:
