@@ -115,8 +115,11 @@ async def test_bad_tokens_are_unauthorized_and_logged_without_the_token(connect,
 async def test_rooms_claim_refuses_other_rooms_forbidden(connect, server):
     client = await connect()
     token = hs256(name="erin", rooms=["team"])
-    error = await refusal(client, "userJoin", {"token": token, "room": "main"})
+    with capture_logs() as logs:
+        error = await refusal(client, "userJoin", {"token": token, "room": "main"})
     assert error.code == "forbidden" and "'main'" in error.message
+    [entry] = logged(logs, "room outside the token's rooms claim refused")
+    assert (entry["user"], entry["room"], entry["log_level"]) == ("erin", "main", "info")
     await sign_in(client, token, room="team")
     error = await refusal(client, "userJoin", {"room": "other"})
     assert error.code == "forbidden"
@@ -146,10 +149,12 @@ async def test_anonymous_connection_cannot_switch_to_a_token(connect):
 async def test_join_with_another_subjects_token_is_unauthorized(connect):
     client = await connect()
     await sign_in(client, hs256(sub="u-1", name="gina"))
-    error = await refusal(
-        client, "userJoin", {"token": hs256(sub="u-2", name="gina"), "room": "team"}
-    )
+    with capture_logs() as logs:
+        error = await refusal(
+            client, "userJoin", {"token": hs256(sub="u-2", name="gina"), "room": "team"}
+        )
     assert error.code == "unauthorized" and "another user" in error.message
+    assert logged(logs, "token of another subject refused")[0]["user"] == "gina"
 
 
 @pytest.mark.settings(jwt_secret=JWT_SECRET, name_grace_seconds=0)
@@ -371,8 +376,11 @@ async def test_token_mode_http_reads_need_a_token_and_respect_the_rooms_claim(co
         assert session.status_code == 401  # sessions sign nobody in here
         ok = await http.get(url, headers=bearer(hs256(name="vic")))
         assert [m["body"] for m in ok.json()["messages"]] == ["for members"]
-        elsewhere = await http.get(url, headers=bearer(hs256(name="vic", rooms=["team"])))
+        with capture_logs() as logs:
+            elsewhere = await http.get(url, headers=bearer(hs256(name="vic", rooms=["team"])))
         assert elsewhere.status_code == 403 and elsewhere.json()["code"] == "forbidden"
+        [entry] = logged(logs, "room outside the token's rooms claim refused")
+        assert (entry["user"], entry["via"]) == ("vic", "http")
         users = await http.get(f"{server.http}/api/rooms/main/users", headers=bearer(hs256()))
         assert users.json() == {"users": ["uma"]}
         assert (await http.get(f"{server.http}/api/rooms/main/users")).status_code == 401

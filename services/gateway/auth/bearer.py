@@ -57,5 +57,11 @@ async def bearer_caller(gw: ChatGateway, header: str, room: str) -> Caller:
         log.info("token refused", reason=str(exc), via="http")
         raise ProtocolError("unauthorized", str(exc)) from None
     if not identity.may_join(room):
+        log.info(
+            "room outside the token's rooms claim refused",
+            user=identity.username,
+            room=room,
+            via="http",
+        )
         raise ProtocolError("forbidden", f"your token does not let you read room {room!r}")
     return Caller(identity.username, identity.key)

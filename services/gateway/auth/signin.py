@@ -69,6 +69,7 @@ async def joiner(gw: ChatGateway, conn: Connection, token: str | None) -> Identi
 
 def may_join(identity: Identity, room: str) -> None:
     if not identity.may_join(room):
+        log.info("room outside the token's rooms claim refused", user=identity.username, room=room)
         raise ProtocolError("forbidden", f"your token does not let you join room {room!r}")
 
 
