@@ -17,7 +17,11 @@ from structlog.testing import capture_logs
 from roomcast.gateway.auth.signin import CLOSE_UNAUTHORIZED
 from roomcast.gateway.connection import Connection, Limiters
 from roomcast.gateway.ratelimit import TokenBucket
-from roomcast.shared.auth import Identity
+from roomcast.presence.reservations import SUBJECT_HOLD_SECONDS, NameReservations
+from roomcast.presence.reservations import refusal as refusal_text
+from roomcast.shared.auth import Identity, subject_key
+from roomcast.shared.names import username_key
+from roomcast.shared.store.memory import InMemoryRoomStore
 from tests.support.chat_client import ChatClient, RefusedError
 from tests.support.inprocess import running
 from tests.support.tokens import JWT_SECRET, SigningKey, claims, hs256, jwks_server
@@ -393,3 +397,14 @@ def bearer(credential: str) -> dict[str, str]:
 def writer_session(server: Any, username: str) -> str:
     """A session as an anonymous join would have had it (valid, but not a token)."""
     return str(server.system.gateway.signer.mint(username))
+
+
+async def test_presence_keeps_a_subjects_name_for_a_year_whatever_the_grace():
+    now = 1000.0
+    names = NameReservations(InMemoryRoomStore(), 0, lambda: now)
+    names.reserve(username_key("zed"), "zed", subject_key("u-zed"))
+    names.reserve(username_key("anon"), "anon", "h-anon")  # no grace: an anonymous name is free
+    kept = await names.holder(username_key("zed"))
+    assert kept is not None and kept.expires == now + SUBJECT_HOLD_SECONDS
+    assert refusal_text(kept) == "username 'zed' belongs to a signed-in user"
+    assert await names.holder(username_key("anon")) is None
