@@ -1,9 +1,10 @@
 // Wiring: identity (localStorage), the connection, the join sequence and recovery after a
-// reconnect, the outbox of unacknowledged messages, typing, invitations and history paging.
-// Changing messages is changes.js's, read state reading.js's.
+// reconnect, typing, invitations, and the user's actions. Sending the outbox is outbox.js's,
+// changing messages changes.js's, read state reading.js's, paging back paging.js's.
 import { Connection } from "./connection.js";
-import { fetchMessages } from "./api.js";
 import { messageChanges } from "./changes.js";
+import { outboxSender } from "./outbox.js";
+import { historyPaging } from "./paging.js";
 import { readState } from "./reading.js";
 import { MAIN, Store } from "./store.js";
 import { View } from "./view.js";
@@ -13,9 +14,6 @@ const ID_KEY = "roomcast.identity"; // localStorage: {username, session}, shared
 const TAB_KEY = "roomcast.tab"; // sessionStorage: this tab's rooms, current room and unsent messages
 
 const TYPING_EVERY_MS = 2000;
-const PAGE = 50;
-const GAP_PAGE = 200;
-const GAP_PAGES = 5;
 const KEEP_MAX = 2000; // messages kept per room before the oldest are trimmed
 const KEEP_AFTER_TRIM = 1500;
 
@@ -31,12 +29,9 @@ let loggingIn = false; // the first userJoin of a name typed in the form is in f
 let nameMaybeOurs = false;
 let takenRetries = 0;
 let takenTimer = null;
-let outboxPausedUntil = 0;
-let flushTimer = null;
 let renderQueued = false;
 let persistTimer = null;
 const lastTypingSent = new Map();
-let olderCooldownUntil = 0;
 
 /** The room named by `/?room=ROOM` in the address bar, if any. */
 function linkedRoomParam() {
@@ -118,7 +113,7 @@ function scheduleRender() {
     if (document.body.classList.contains("in-chat")) {
       view.render(store, store.takeDirty());
       reading.viewed();
-      maybeFillViewport();
+      paging.fillViewport();
       trimRooms();
     }
   };
@@ -201,7 +196,7 @@ function endSession() {
   clearTimeout(takenTimer);
   takenRetries = 0;
   nameMaybeOurs = false;
-  clearTimeout(flushTimer);
+  outbox.stop();
   lastTypingSent.clear();
 }
 
@@ -283,8 +278,8 @@ async function joinRoom(name, gen = conn?.generation) {
   }
   room.joinedGen = gen;
   reading.joined(name, ack);
-  if (recovering && ack.recovered === false) bridgeGap(name, room.recovery, gen);
-  flushOutbox();
+  if (recovering && ack.recovered === false) paging.bridgeGap(name, room.recovery, gen);
+  outbox.flush();
   return ack;
 }
 
@@ -356,46 +351,6 @@ function joinFailed(name, err, gen) {
   }
 }
 
-/**
- * A rejoin whose `sinceRev` (or `since`) could not be fully recovered (too many missed, or `since` unknown):
- * page back over HTTP from the first recovered message until we meet what we already hold.
- * If that is too far, drop what is before the gap; scrolling up pages back through it in order.
- */
-async function bridgeGap(name, recovery, gen) {
-  const history = await Promise.race([recovery.history, new Promise((r) => setTimeout(() => r(null), 5000))]);
-  if (!history || !history.length || !store.room(name)) return;
-  const firstNew = history[0].id;
-  let before = firstNew;
-  let collected = [];
-  try {
-    for (let page = 0; page < GAP_PAGES; page += 1) {
-      const msgs = await fetchMessages(name, { before, limit: GAP_PAGE, session: identity?.session });
-      if (!conn || gen !== conn.generation || !store.room(name)) return;
-      let known = -1;
-      for (let i = msgs.length - 1; i >= 0; i -= 1) {
-        if (store.hasMessage(name, msgs[i].id)) {
-          known = i;
-          break;
-        }
-      }
-      if (known >= 0) {
-        store.insertBefore(name, firstNew, [...msgs.slice(known + 1), ...collected]);
-        return;
-      }
-      collected = [...msgs, ...collected];
-      if (msgs.length < GAP_PAGE || !msgs.length) break;
-      before = msgs[0].id;
-    }
-  } catch {
-    /* fall through: drop the older part rather than show a hole */
-  }
-  store.dropBefore(name, firstNew);
-  if (collected.length) store.prependOlder(name, collected, 1);
-  const room = store.room(name);
-  if (room) room.hasMore = true;
-  view.notice(`You missed a lot in ${room?.dmWith ? `your chat with ${room.dmWith}` : `#${name}`} while you were away. Scroll up to read the older messages.`);
-}
-
 // ---- server events -----------------------------------------------------------------------------
 
 function onEvent(msg) {
@@ -458,110 +413,6 @@ function invited(data) {
   view.notice(`${data.username} wants to chat with you privately: see the invitation in the messages.`, { kind: "info", timeout: 8000 });
 }
 
-// ---- the outbox --------------------------------------------------------------------------------
-
-function scheduleFlush(ms) {
-  clearTimeout(flushTimer);
-  flushTimer = setTimeout(flushOutbox, Math.max(50, ms));
-}
-
-/** Sends every pending message whose room is joined on this connection, in the order written. */
-function flushOutbox() {
-  if (!conn?.isOpen) return;
-  const now = Date.now();
-  if (now < outboxPausedUntil) {
-    scheduleFlush(outboxPausedUntil - now);
-    return;
-  }
-  const gen = conn.generation;
-  const blocked = new Set(); // rooms where an earlier message waits: later ones wait behind it
-  for (const item of store.outbox()) {
-    const room = store.room(item.room);
-    if (!room || room.joinedGen !== gen || blocked.has(item.room)) continue;
-    if (item.sentOn === gen) continue; // in flight on this socket
-    if (item.retryAt > now) {
-      blocked.add(item.room);
-      scheduleFlush(item.retryAt - now);
-      continue;
-    }
-    item.sentOn = gen;
-    sendOne(item, gen);
-  }
-}
-
-function sendOne(item, gen) {
-  const data = { username: store.me, body: item.body, time: item.time, room: item.room, id: item.id };
-  conn.request("updateChat", data, { timeout: 20000 }).then(
-    (stored) => {
-      store.confirm(item.room, item.id, stored);
-      persistTab();
-    },
-    (err) => {
-      if (!conn || gen !== conn.generation) return; // a new socket resends it
-      item.sentOn = -1;
-      switch (err.code) {
-        case "offline":
-          return;
-        case "timeout":
-          conn.restart("updateChat not acknowledged");
-          return;
-        case "rate_limited":
-          outboxPausedUntil = Date.now() + 1200;
-          view.notice(errorText("rate_limited"), { kind: "error", timeout: 5000 });
-          scheduleFlush(1200);
-          return;
-        case "unavailable":
-        case "internal": {
-          item.retries = (item.retries || 0) + 1;
-          const window = Math.min(30000, 1000 * 2 ** item.retries);
-          item.retryAt = Date.now() + window / 2 + Math.random() * (window / 2);
-          view.notice(errorText(err.code, err.message), { kind: "error" });
-          scheduleFlush(item.retryAt - Date.now());
-          return;
-        }
-        case "not_joined": {
-          const room = store.room(item.room);
-          if (!room) return;
-          room.joinedGen = -1;
-          joinRoom(item.room, gen).catch((e) => joinFailed(item.room, e, gen));
-          return;
-        }
-        default:
-          store.setOutgoing(item.room, item.id, { status: "failed", error: errorText(err.code, err.message, { room: item.room }) });
-          view.notice(errorText(err.code, err.message, { room: item.room }), { kind: "error" });
-      }
-    },
-  );
-}
-
-// ---- history paging ----------------------------------------------------------------------------
-
-async function loadOlder() {
-  const room = store.currentRoom();
-  if (room.loadingOlder || room.hasMore !== true || !identity?.session) return;
-  const before = store.oldestConfirmedId(room.name);
-  if (!before) return;
-  room.loadingOlder = true;
-  store.touch("messages", room.name);
-  try {
-    const msgs = await fetchMessages(room.name, { before, limit: PAGE, session: identity.session });
-    store.prependOlder(room.name, msgs, PAGE);
-  } catch (err) {
-    olderCooldownUntil = Date.now() + 10000;
-    const detail = err.code === "network" ? errorText("network") : err.message;
-    view.notice(`Could not load older messages: ${detail}`, { kind: "error" });
-  } finally {
-    room.loadingOlder = false;
-    store.touch("messages", room.name);
-  }
-}
-
-function maybeFillViewport() {
-  const room = store.currentRoom();
-  const s = view.el.scroller;
-  if (room.hasMore === true && !room.loadingOlder && Date.now() > olderCooldownUntil && s.scrollHeight <= s.clientHeight + 40) loadOlder();
-}
-
 // ---- user actions ------------------------------------------------------------------------------
 
 const handlers = {
@@ -594,7 +445,7 @@ const handlers = {
     view.setComposerError(null);
     store.addPending(store.current, { id: clientId(), body, time: Date.now() });
     lastTypingSent.delete(store.current);
-    flushOutbox();
+    outbox.flush();
     return true;
   },
 
@@ -665,14 +516,8 @@ const handlers = {
     joinRoom(room, gen).catch((err) => joinFailed(room, err, gen));
   },
 
-  loadOlder() {
-    olderCooldownUntil = 0;
-    loadOlder();
-  },
-
-  nearTop() {
-    if (Date.now() > olderCooldownUntil) loadOlder();
-  },
+  loadOlder: () => paging.loadOlder(),
+  nearTop: () => paging.nearTop(),
 
   leaveRoom() {
     const name = store.current;
@@ -684,7 +529,7 @@ const handlers = {
 
   retry(room, id) {
     store.setOutgoing(room, id, { status: "pending", error: null, sentOn: -1, retryAt: 0, retries: 0 });
-    flushOutbox();
+    outbox.flush();
   },
 
   discard(room, id) {
@@ -736,6 +581,14 @@ function loginIntro() {
 const view = new View(handlers);
 const changes = messageChanges({ store: () => store, conn: () => conn, view });
 const reading = readState({ store: () => store, conn: () => conn });
+const outbox = outboxSender({
+  store: () => store,
+  conn: () => conn,
+  view,
+  persist: () => persistTab(),
+  rejoin: (room, gen) => joinRoom(room, gen).catch((e) => joinFailed(room, e, gen)),
+});
+const paging = historyPaging({ store: () => store, conn: () => conn, session: () => identity?.session, view });
 
 setInterval(() => store.pruneTyping(), 1000);
 
