@@ -24,7 +24,7 @@ from playwright.sync_api import Locator, WebSocket, expect
 
 from tests.support.dev_process import DevProcess
 
-from .conftest import ChatPage, OpenUser, unique
+from .conftest import PHONE, ChatPage, OpenUser, unique
 from .test_web_client import RECONNECT_MS, expect_once, positions, reconnected
 
 pytestmark = pytest.mark.browser
@@ -355,3 +355,31 @@ def test_a_reconnect_recovers_an_edit_and_a_delete_made_while_away(
     room = bob.page.url.split("room=", 1)[1]
     recovering = [data for data in joins if data.get("room") == room]
     assert recovering and all(isinstance(data.get("sinceRev"), int) for data in recovering), joins
+
+
+# ---- touch screens ------------------------------------------------------------------------------------
+def test_on_a_phone_a_tap_shows_a_messages_tools(server: DevProcess, open_user: OpenUser) -> None:
+    path = f"/?room={unique('room')}"
+    desk = open_user(unique("desk"), server, path=path)
+    phone = open_user(
+        unique("phone"), server, path=path, viewport=PHONE, is_mobile=True, has_touch=True
+    )
+    body = sent(phone, desk, prefix="from my phone")
+
+    # No pointer hovers on a touch screen: the tools stay out of the way until a tap.
+    item = phone.message(body)
+    expect(item.get_by_role("button", name="Add reaction")).to_be_hidden()
+    item.tap(position={"x": 8, "y": 8})
+    expect(item.get_by_role("button", name="Add reaction")).to_be_visible()
+    item.get_by_role("button", name="Add reaction").tap()
+    phone.page.get_by_role("button", name="React with ❤️", exact=True).tap()
+    expect(chip(desk, body, "❤️")).to_have_text("❤️ 1")
+
+    item.tap(position={"x": 8, "y": 8})
+    item.get_by_role("button", name="Edit message").tap()
+    fixed = unique("fixed on the phone")
+    phone.box.fill(fixed)
+    phone.box.press("Enter")
+    expect_once(desk, phone.name, fixed)
+    expect(desk.message(fixed)).to_contain_text("edited")
+    expect(desk.message(fixed)).to_contain_text("❤️ 1")  # an edit keeps the reactions
