@@ -65,13 +65,11 @@ def print_table(result: Mapping[str, Any]) -> None:
         ratio.get("knee_delivered_per_s"),
     )
     row("p99 ms there", [_p(k and k["latency_ms"], "p99") for k in found])
-    row(
-        "first failing msg/s",
-        [
-            "-" if k is None or k["first_failure"] is None else f"{k['first_failure']:g}"
-            for k in found
-        ],
-    )
+    lowest = [
+        min((s["rate"] for s in result["systems"][n]["steps"] if not s["passed"]), default=None)
+        for n in names
+    ]
+    row("first failing msg/s", ["-" if r is None else f"{r:g}" for r in lowest])
     console.print(knees)
     for note in result.get("notes", []):
         console.print(f"[dim]- {note}[/dim]")
