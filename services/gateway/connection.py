@@ -27,7 +27,7 @@ from .ratelimit import TokenBucket
 
 log = structlog.get_logger(__name__)
 
-Send = Callable[[str], Awaitable[None]]
+Send = Callable[[str | bytes], Awaitable[None]]  # text, or its UTF-8 bytes
 Close = Callable[[int], Awaitable[None]]
 Receive = Callable[[], Awaitable[str | bytes]]
 TextHandler = Callable[["Connection", str | bytes], Awaitable[None]]
@@ -40,15 +40,15 @@ _MAX_BATCH_BYTES = 256 * 1024
 _CLOSE_SECONDS = 2.0
 
 
-_FRAMES_OUT: dict[str, Callable[[], None]] = {}
+_FRAMES_OUT: dict[str, Callable[[float], None]] = {}
 
 
-def _count_out(event: str) -> None:
-    """`FRAMES_OUT.labels(event).inc()`, with the labelled child looked up once per event."""
+def count_out(event: str, n: int = 1) -> None:
+    """`FRAMES_OUT.labels(event).inc(n)`, with the labelled child looked up once per event."""
     inc = _FRAMES_OUT.get(event)
     if inc is None:
         inc = _FRAMES_OUT[event] = FRAMES_OUT.labels(event).inc
-    inc()
+    inc(n)
 
 
 class BatchTicker:
@@ -122,7 +122,9 @@ class Connection:
         self._max_bytes = queue_bytes
         self._max_age = queue_seconds
         self._clock = clock
-        self._queue: deque[tuple[str, str, int, float]] = deque()  # frame, event, size, since
+        self._queue: deque[tuple[str | bytes, str, int, float]] = (
+            deque()
+        )  # frame, event, size, since
         self._queued_bytes = 0
         self._ready = asyncio.Event()
         self._close_code: int | None = None
@@ -130,13 +132,17 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
 
     # outgoing -------------------------------------------------------------------------------
-    def push(self, frame: str, event: str, size: int = 0) -> None:
+    def push(self, frame: str | bytes, event: str, size: int = 0) -> None:
         """Queue an event for this socket; close it (1013) if it is too far behind. `size` is
         the frame's length in UTF-8 bytes when the caller knows it (else its characters)."""
+        count_out(event)
+        self.enqueue(frame, event, size or len(frame), self._clock())
+
+    def enqueue(self, frame: str | bytes, event: str, size: int, now: float) -> None:
+        """`push` for the relay, which reads the clock and counts once per room event, not per
+        socket. `frame` is text, or its UTF-8 bytes (written to the socket as they are)."""
         if self._close_code is not None:
             return
-        size = size or len(frame)
-        now = self._clock()
         queue = self._queue
         if queue and (
             self._queued_bytes + size > self._max_bytes or now - queue[0][3] > self._max_age
@@ -237,20 +243,18 @@ class Connection:
             await self._ready.wait()
             self._ready.clear()
             while queue:
-                if batch:
-                    frames: list[str] = []
+                if batch and len(queue) > 1:
+                    frames: list[bytes] = []
                     size = 0
                     while queue and size < _MAX_BATCH_BYTES:
-                        frame, event, frame_size, _ = queue.popleft()
-                        frames.append(frame)
+                        frame, _, frame_size, _ = queue.popleft()
+                        frames.append(frame if isinstance(frame, bytes) else frame.encode())
                         size += frame_size
-                        _count_out(event)
                     self._queued_bytes -= size
-                    await self._send("\n".join(frames))
+                    await self._send(b"\n".join(frames))
                 else:
-                    frame, event, frame_size, _ = queue.popleft()
+                    frame, _, frame_size, _ = queue.popleft()
                     self._queued_bytes -= frame_size
-                    _count_out(event)
                     await self._send(frame)
             if self._last_code is not None:
                 self._close_code = self._last_code  # serve() sees the writer end, and closes

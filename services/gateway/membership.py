@@ -23,7 +23,7 @@ from .connection import Connection
 class Held:
     """A room event that arrived while its member's join was being answered."""
 
-    frame: str
+    frame: str | bytes
     event: str
     message_id: str | None
     size: int
@@ -38,7 +38,7 @@ class Member:
     private: bool = False  # the room is private to two users
     ack: dict[str, object] | None = None  # the first join's ack data, which a repeat repeats
 
-    def deliver(self, frame: str, event: str, message_id: str | None, size: int) -> None:
+    def deliver(self, frame: str | bytes, event: str, message_id: str | None, size: int) -> None:
         held = self.held
         if held is None:
             self.conn.push(frame, event, size)

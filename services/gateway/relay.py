@@ -1,5 +1,7 @@
-"""Bus deliveries to local sockets: one broker message per room event, written as the same
-text to every local member of the room.
+"""Bus deliveries to local sockets: one broker message per room event, its body (the final
+client frame, UTF-8) handed as the same bytes to every local member of the room: no decoding,
+encoding or per-socket copy on the way (`rawsend.py` frames it per socket), one clock read and one
+metric update per event, not per socket.
 
 It also drops a chat message that arrives again under an id it has already relayed (a client
 that re-sent after reconnecting to another gateway, or a retry of a publication the broker did
@@ -18,6 +20,7 @@ from roomcast.shared import topics
 from roomcast.shared.bus import Message
 from roomcast.shared.topics import Header
 
+from .connection import count_out
 from .membership import Membership
 from .metrics import FANOUT
 
@@ -70,26 +73,35 @@ class Relay:
 
     async def on_message(self, message: Message) -> None:
         route = topics.parse(message.routing_key)
-        frame = message.body.decode()
+        body = message.body  # the final client frame: the same bytes go to every socket
         headers = message.headers
+        size = len(body)
         if route.kind == "room":
             message_id = headers.get(Header.MESSAGE_ID)
             if message_id is not None:
-                if not self.first_time(
-                    route.name, message_id, headers.get(Header.PUBLICATION, ""), frame
-                ):
+                publication = headers.get(Header.PUBLICATION, "")
+                if not self.first_time(route.name, message_id, publication, body.decode()):
                     return
                 self.last_ids[route.name] = message_id
             origin = headers.get(Header.ORIGIN)
             not_to = headers.get(Header.NOT_TO)
-            size = len(message.body)
+            event = route.event
+            now = time.monotonic()
+            live = 0
             for member in self._membership.members(route.name):
                 conn = member.conn
-                if conn.id != origin and (not_to is None or conn.username != not_to):
-                    member.deliver(frame, route.event, message_id, size)
+                if conn.id == origin or (not_to is not None and conn.username == not_to):
+                    continue
+                if member.held is None:
+                    conn.enqueue(body, event, size, now)
+                    live += 1
+                else:
+                    member.deliver(body, event, message_id, size)
+            if live:
+                count_out(event, live)
         elif route.kind == "user":
             for conn in self._membership.user_connections(route.name):
-                conn.push(frame, route.event, len(message.body))
+                conn.push(body, route.event, size)
         sent = headers.get(Header.SENT_AT)
         if sent is not None:
             FANOUT.observe(max(0.0, time.time() - float(sent)))

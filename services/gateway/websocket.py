@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 
 from .admission import Admission, Refusal
 from .gateway import ChatGateway
+from .rawsend import direct_sender
 
 Scope = MutableMapping[str, Any]
 ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -67,14 +68,11 @@ class WebSocketEndpoint:
                 return text if text is not None else (message.get("bytes") or b"")
             raise ClientGoneError
 
-        async def send_text(text: str) -> None:
-            await send({"type": "websocket.send", "text": text})
-
         async def close(code: int) -> None:
             await send({"type": "websocket.close", "code": code})
 
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        conn = gateway.open(send_text, close, batch=query.get("batch") == ["1"])
+        conn = gateway.open(direct_sender(send), close, batch=query.get("batch") == ["1"])
         try:
             await conn.serve(receive_frame, gateway.on_frame, gateway.settings.max_frame_bytes)
         finally:
