@@ -408,3 +408,11 @@ async def test_presence_keeps_a_subjects_name_for_a_year_whatever_the_grace():
     assert kept is not None and kept.expires == now + SUBJECT_HOLD_SECONDS
     assert refusal_text(kept) == "username 'zed' belongs to a signed-in user"
     assert await names.holder(username_key("anon")) is None
+
+
+async def test_a_live_anonymous_name_is_refused_to_a_token_too(connect):
+    anonymous = await connect()
+    await anonymous.join("bob")
+    signed_in = await connect()
+    error = await refusal(signed_in, "userJoin", {"token": hs256(name="bob"), "room": "main"})
+    assert error.code == "username_taken"
