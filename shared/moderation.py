@@ -38,11 +38,13 @@ class RoomOwner(_Frozen):
 
 
 class Sanction(_Frozen):
-    """A mute (until `until`, seconds since the epoch) or a ban (`until` None) of one user."""
+    """A mute (until `until`, seconds since the epoch) or a ban (`until` None) of one user;
+    `by` who did it (the `by` of a `kicked` that a gateway carries out later)."""
 
     key: str
     username: str
     until: float | None = None
+    by: str = ""
 
 
 class RoomModeration(_Frozen):

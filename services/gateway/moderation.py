@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import structlog
@@ -180,7 +180,7 @@ class Moderation:
             timeout=self._gw.settings.request_timeout,
         )
         reply = ModerateReply.model_validate(result)
-        self.learn(reply.state)
+        await self._enforce(self.learn(reply.state))
         return reply.ack()
 
     # what the bus brings ------------------------------------------------------------------
@@ -200,16 +200,22 @@ class Moderation:
             return
         state = self.learn(change.state)
         if change.action == "kick":
-            kicked = username_key(change.username)
-            await self._kick(state.room, lambda name: username_key(name) == kicked, change.by)
-        await self._kick(state.room, state.banned, change.by)  # a ban, or one missed earlier
+            await self._kick(state.room, {username_key(change.username): change.by})
+        await self._enforce(state)  # a ban, or one whose broadcast was missed
 
-    async def _kick(self, room: str, who: Callable[[str], bool], by: str) -> None:
-        """Make each local connection of the matching users leave the room."""
+    async def _enforce(self, state: RoomModeration) -> None:
+        """Kick the local connections of the room's banned users (each by whoever banned)."""
+        if state.bans:
+            await self._kick(state.room, {ban.key: ban.by or BACKEND for ban in state.bans})
+
+    async def _kick(self, room: str, kicked: Mapping[str, str]) -> None:
+        """Make each local connection of the users whose key `kicked` holds leave the room;
+        they get `kicked` with what it maps the key to as `by`."""
         gw = self._gw
         for member in gw.membership.members(room):
             conn = member.conn
-            if conn.username is None or not who(conn.username):
+            by = kicked.get(username_key(conn.username)) if conn.username is not None else None
+            if by is None:
                 continue
             await gw.membership.leave(member)
             conn.push(event_frame("kicked", {"room": room, "by": by}, room=room), "kicked")
@@ -227,5 +233,11 @@ class Moderation:
                 log.info("disconnected by the backend", username=conn.username, conn=conn.id)
 
     async def _on_gap(self) -> None:
-        """Changes may have been missed: forget them all; each room is asked again on use."""
+        """Changes may have been missed: forget them all, then ask again for the rooms served
+        here and carry out any ban missed (a missed kick is not repeated); other rooms are
+        asked again on use."""
         self._states.clear()
+        for room in self._gw.membership.rooms():
+            state = await self.state(room)
+            if state is not None:
+                await self._enforce(state)

@@ -126,10 +126,10 @@ class RoomModerator:
         if action == "mute":
             if req.seconds is None:
                 raise rpc.RemoteError("invalid", "mute needs 'seconds'")
-            mute = Sanction(key=key, username=req.username, until=now + req.seconds)
+            mute = Sanction(key=key, username=req.username, until=now + req.seconds, by=req.by)
             state = await _stored(self._rooms.add_sanction(room, "mute", mute, now))
         elif action == "ban":
-            ban = Sanction(key=key, username=req.username)
+            ban = Sanction(key=key, username=req.username, by=req.by)
             state = await _stored(self._rooms.add_sanction(room, "ban", ban, now))
         elif action == "unmute":
             state = await _stored(self._rooms.lift_sanction(room, "mute", key))
