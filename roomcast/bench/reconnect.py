@@ -127,6 +127,8 @@ class Storm:
         await asyncio.sleep(WARM_S)
         roles = {k: v for k, v in deployment.pids().items()}
         roles["gateway"] = [p for p in roles.get("gateway", []) if p != victim.pid]
+        if self.bench.db is not None and self.bench.db.pid is not None:
+            roles["db"] = [self.bench.db.pid]
         monitor = Monitor(roles)
         presence = next(s for s in deployment.services if s.role == "presence")
         ops0 = await _presence_ops(presence.port)
