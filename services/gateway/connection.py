@@ -17,6 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -24,6 +25,9 @@ from roomcast.shared.auth import Identity
 
 from .metrics import FRAMES_OUT, SLOW_CLOSES
 from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from .replies import Replies
 
 log = structlog.get_logger(__name__)
 
@@ -130,6 +134,7 @@ class Connection:
         self._close_code: int | None = None
         self._last_code: int | None = None  # close with it once the queue is written
         self._writer: asyncio.Task[None] | None = None
+        self.replies: Replies | None = None  # answers waiting behind a publish (made when needed)
 
     # outgoing -------------------------------------------------------------------------------
     def push(self, frame: str | bytes, event: str, size: int = 0) -> None:

@@ -1,7 +1,8 @@
 """A gateway node: its sockets, its one bus subscription, and the frames its clients send.
 
 A connection's frames are handled one at a time, in order, so its messages are published in the
-order it sent them. What each event does is in `events/`; who is in which room is
+order it sent them; a message's ack waits for its broker confirm but the next frame does not
+(`replies.py`: answers in frame order, at most `_IN_FLIGHT` publishes in flight). What each event does is in `events/`; who is in which room is
 `Membership`'s; bus deliveries reach sockets through `Relay`. Every failure a frame meets
 becomes the protocol's `error` for that frame, logged once with its reason: never a 1011 close.
 """
@@ -12,6 +13,9 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Coroutine
+from functools import partial
+from typing import Any, TypeVar
 
 import structlog
 
@@ -28,14 +32,25 @@ from .events import HANDLERS
 from .membership import Membership
 from .metrics import CONNECTIONS, ERRORS, FRAMES_IN
 from .moderation import Moderation
-from .protocol import ProtocolError, ack_frame, error_frame, parse_frame
+from .protocol import ClientFrame, ProtocolError, ack_frame, error_frame, parse_frame
 from .ratelimit import TokenBucket
 from .relay import RecentMessages, Relay
 from .repair import Repairer
+from .replies import Confirming, Replies
 
 log = structlog.get_logger(__name__)
 
 _CHAT_BUDGETS = 100_000  # users whose chat budget is remembered (client input: bounded)
+_IN_FLIGHT = 32  # a connection's publishes awaiting a confirm before its next frame waits
+T = TypeVar("T")
+
+
+def _replies(conn: Connection) -> Replies:
+    """The connection's ordered answers, made on its first answer."""
+    replies = conn.replies
+    if replies is None:
+        replies = conn.replies = Replies(conn)
+    return replies
 
 
 class ChatGateway:
@@ -58,7 +73,7 @@ class ChatGateway:
         self._ticker = BatchTicker(settings.batch_tick_ms / 1000)
         self._subscription: Subscription | None = None
         self._heartbeat = Supervised("gateway-heartbeat", self._beat)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._budgets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     # lifecycle ------------------------------------------------------------------------------
@@ -136,9 +151,7 @@ class ChatGateway:
 
     def closed_soon(self, conn: Connection) -> None:
         """Run `closed` in the background: the socket's own task is being cancelled."""
-        task = asyncio.create_task(self.closed(conn))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.spawn(self.closed(conn))
 
     def chat_budget(self, conn: Connection) -> TokenBucket:
         """The `updateChat` budget of the connection's user: shared by all of a session's
@@ -169,25 +182,55 @@ class ChatGateway:
         FRAMES_IN.labels(frame.event).inc()
         try:
             result = await HANDLERS[frame.event](self, conn, frame.data)
-        except ProtocolError as exc:
-            exc.ref = frame.ref
-            self._refuse(conn, exc)
-        except BusUnavailableError as exc:
-            log.warning(
-                "a service is unavailable", frame_event=frame.event, conn=conn.id, reason=str(exc)
-            )
-            message = "the service is unavailable; try again"
-            self._refuse(conn, ProtocolError("unavailable", message, frame.ref))
-        except Exception:
-            log.exception("internal error handling a frame", frame_event=frame.event, conn=conn.id)
-            self._refuse(conn, ProtocolError("internal", "internal error", frame.ref))
+        except Exception as exc:
+            self._refuse(conn, self._failure(exc, frame.event, conn, frame.ref))
         else:
-            if frame.ref is not None:
-                conn.push(ack_frame(frame.ref, result), "ack")
+            if isinstance(result, Confirming):
+                replies = _replies(conn)
+                replies.after(result.confirm, partial(self._confirmed, conn, frame, result.data))
+                await replies.wait_below(_IN_FLIGHT)
+            elif frame.ref is not None:
+                _replies(conn).send(ack_frame(frame.ref, result), "ack")
+
+    def _confirmed(
+        self,
+        conn: Connection,
+        frame: ClientFrame,
+        data: dict[str, object],
+        exc: BaseException | None,
+    ) -> tuple[str, str] | None:
+        """The answer to a frame whose publish is settled: its ack, or why it failed."""
+        if exc is None:
+            return (ack_frame(frame.ref, data), "ack") if frame.ref is not None else None
+        error = self._failure(exc, frame.event, conn, frame.ref)
+        ERRORS.labels(error.code).inc()
+        return error_frame(error), "error"
+
+    def _failure(
+        self, exc: BaseException, event: str, conn: Connection, ref: str | None
+    ) -> ProtocolError:
+        """Every failure a frame meets, as the protocol's `error` (logged once with its reason)."""
+        if isinstance(exc, ProtocolError):
+            exc.ref = ref
+            return exc
+        if isinstance(exc, BusUnavailableError):
+            log.warning(
+                "a service is unavailable", frame_event=event, conn=conn.id, reason=str(exc)
+            )
+            return ProtocolError("unavailable", "the service is unavailable; try again", ref)
+        log.error("internal error handling a frame", frame_event=event, conn=conn.id, exc_info=exc)
+        return ProtocolError("internal", "internal error", ref)
 
     def _refuse(self, conn: Connection, error: ProtocolError) -> None:
         ERRORS.labels(error.code).inc()
-        conn.push(error_frame(error), "error")
+        _replies(conn).send(error_frame(error), "error")
+
+    def spawn(self, work: Coroutine[object, object, T]) -> asyncio.Task[T]:
+        """Run `work` as a task that a drain waits for (a publish in flight, a socket's leave)."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _beat(self) -> None:
         """Send presence this gateway's whole roster, so a new presence replica rebuilds from it

@@ -1,7 +1,8 @@
 """One handler per client event, in one table: a new event is a new module here.
 
 A handler gets the gateway, the connection and the validated payload, and returns the `ack`
-data; it refuses by raising `ProtocolError`.
+data (or, for a publish, the confirm it waits for: `replies.Confirming`); it refuses by raising
+`ProtocolError`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..connection import Connection
 from ..protocol import PAYLOADS
+from ..replies import Confirming
 from . import chat, delete, edit, invite, join, leave, mark_read, moderation, react, refresh, typing
 
 if TYPE_CHECKING:
     from ..gateway import ChatGateway
 
-Handler = Callable[["ChatGateway", Connection, Any], Awaitable[dict[str, object]]]
+# the ack data, or (`updateChat`) the ack data once its publish is confirmed
+Handler = Callable[["ChatGateway", Connection, Any], Awaitable[dict[str, object] | Confirming]]
 
 HANDLERS: dict[str, Handler] = {
     "userJoin": join.handle,

@@ -4,7 +4,9 @@ A client's own `id` is judged by the store (through history's ordered queue, so 
 published a moment ago counts): a repeat of one's own message is acknowledged as stored, an id
 that belongs to someone else's message is refused, on every gateway and after any restart.
 While history does not answer, ids are not judged (`HistoryClient.lookup`), so chat goes on.
-The ack is sent once the broker has confirmed the publication; a retry of a message this gateway
+The ack is sent once the broker has confirmed the publication, but the connection's next frame
+does not wait for that confirm: several of its messages are in flight at once, published in the
+order sent, acknowledged in that order (`replies.py`). A retry of a message this gateway
 published without a confirm publishes that same message again (its first stamp), so the room
 sees it once and the ack is the message the store keeps.
 """
@@ -26,13 +28,16 @@ from roomcast.shared.topics import Header
 from ..connection import Connection
 from ..protocol import ChatData, ProtocolError, event_frame
 from ..relay import Seen
+from ..replies import Confirming
 from .guards import joined, own, within
 
 if TYPE_CHECKING:
     from ..gateway import ChatGateway
 
 
-async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str, object]:
+async def handle(
+    gw: ChatGateway, conn: Connection, data: ChatData
+) -> dict[str, object] | Confirming:
     joined(gw, conn, data.room, "writing")
     own(conn, data.username)
     await gw.moderation.refuse_muted(conn, data.room)
@@ -47,8 +52,7 @@ async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str,
             _check_author(payload, data)
             within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
             seen.origin = conn.id
-            await publish(gw, data.room, data.id, seen, origin=conn.id, author=conn.session_hash)
-            return payload
+            return _publishing(gw, conn, data.room, data.id, seen, payload)
     within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
     message = ChatMessage(
         id=data.id or uuid.uuid4().hex,
@@ -62,8 +66,23 @@ async def handle(gw: ChatGateway, conn: Connection, data: ChatData) -> dict[str,
     frame = event_frame("updateChat", payload, room=data.room)
     seen = Seen(uuid.uuid4().hex[:16], frame, relayed=False, origin=conn.id, pending=True)
     gw.recent.remember(data.room, message.id, seen)
-    await publish(gw, data.room, message.id, seen, origin=conn.id, author=conn.session_hash)
-    return payload
+    return _publishing(gw, conn, data.room, message.id, seen, payload)
+
+
+def _publishing(
+    gw: ChatGateway,
+    conn: Connection,
+    room: str,
+    message_id: str,
+    seen: Seen,
+    data: dict[str, object],
+) -> Confirming:
+    """Start the publish now (frames are handled in order, so publishes start in order) and let
+    the ack wait for its confirm, so the connection's next frame need not (`replies.py`)."""
+    confirm = gw.spawn(
+        publish(gw, room, message_id, seen, origin=conn.id, author=conn.session_hash)
+    )
+    return Confirming(confirm, data)
 
 
 async def publish(
