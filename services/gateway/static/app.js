@@ -395,6 +395,9 @@ function onEvent(msg) {
     case "newRoom":
       invited(data);
       return;
+    case "kicked":
+      kicked(roomName, data?.by);
+      return;
     case "error":
       view.notice(errorText(data?.code, data?.message, { room: roomName }), { kind: "error" });
       return;
@@ -402,6 +405,18 @@ function onEvent(msg) {
       // Unknown events are ignored, so a newer server can add some.
       return;
   }
+}
+
+function kicked(name, by) {
+  // An owner, a moderator or the app took us out of the room (2.4): say so and close it (main
+  // stays open: the next message there joins again, unless we are banned from it).
+  const room = store.room(name);
+  if (!room) return;
+  view.notice(errorText("kicked", "", { room: name, by: typeof by === "string" ? by : "" }), { kind: "error", timeout: 8000 });
+  if (name === MAIN) return; // its next message is refused not_joined and joins again
+  store.removeRoom(name);
+  if (store.current === name) switchTo(MAIN);
+  else setUrl(store.current);
 }
 
 function invited(data) {

@@ -196,6 +196,16 @@ export function errorText(code, message, ctx = {}) {
       return "Could not reach the server. Check your connection.";
     case "internal":
       return "Something went wrong on the server. Please try again.";
+    case "muted": {
+      const left = /(\d+) more seconds?/.exec(message || "");
+      const minutes = left ? Math.ceil(Number(left[1]) / 60) : 0;
+      const until = minutes ? ` for ${minutes} more minute${minutes === 1 ? "" : "s"}` : "";
+      return `You're muted in ${room}${until}: your message was not sent.`;
+    }
+    case "banned":
+      return `You're banned from ${room}.`;
+    case "kicked": // not an error: the `kicked` event (protocol 2.4)
+      return ctx.by === "backend" || !ctx.by ? `You were removed from ${room}.` : `${ctx.by} removed you from ${room}.`;
     default:
       return message || "Something went wrong.";
   }

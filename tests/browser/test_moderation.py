@@ -1,0 +1,74 @@
+"""What muted, kicked and banned users see in the web client (PROTOCOL.md 2.4), driven through
+the backend API of a `roomcast dev` that has a key: a muted user's message is not sent and the
+page says for how long; a banned user's room closes with a notice, and joining it again says
+the user is banned."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.support.dev_process import DevProcess
+from tests.support.ports import free_port
+
+from .conftest import OpenUser, unique
+
+pytestmark = pytest.mark.browser
+
+API_KEY = "browser-test-api-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
+    base = tmp_path_factory.mktemp("roomcast-dev-moderation")
+    dev = DevProcess(base / "data", free_port(), base / "dev.log")
+    dev.env["ROOMCAST_API_KEY"] = API_KEY
+    dev.start()
+    try:
+        dev.wait_ready()
+        yield dev
+    finally:
+        if dev.running:
+            dev.stop()
+        dev.kill()
+
+
+def _backend(server: DevProcess, method: str, path: str, body: object = None) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    answer = httpx.request(method, server.http + path, json=body, headers=headers, timeout=10)
+    assert answer.status_code == 204, answer.text
+
+
+def test_a_muted_user_is_told_and_the_others_see_nothing(
+    keyed_server: DevProcess, open_user: OpenUser
+) -> None:
+    ann, ben = open_user(unique("ann"), keyed_server), open_user(unique("ben"), keyed_server)
+    expect(ann.user_button(ben.name)).to_be_visible()
+    _backend(keyed_server, "POST", "/api/rooms/main/mutes", {"username": ben.name, "seconds": 600})
+    hidden = unique("while muted")
+    ben.send(hidden)
+    expect(ben.page.get_by_text("You're muted in #main for 10 more minutes").first).to_be_visible()
+    _backend(keyed_server, "DELETE", f"/api/rooms/main/mutes/{ben.name}")
+    heard = unique("after the mute")
+    ben.send(heard)
+    expect(ann.message(heard)).to_have_count(1)
+    expect(ann.message(hidden)).to_have_count(0)
+
+
+def test_a_banned_user_leaves_the_room_and_cannot_join_it_again(
+    keyed_server: DevProcess, open_user: OpenUser
+) -> None:
+    room = unique("lobby")
+    ann = open_user(unique("ann"), keyed_server, path=f"/?room={room}")
+    ben = open_user(unique("ben"), keyed_server, path=f"/?room={room}")
+    expect(ann.user_button(ben.name)).to_be_visible()
+    _backend(keyed_server, "POST", f"/api/rooms/{room}/bans", {"username": ben.name})
+    expect(ben.page.get_by_text(f"You were removed from #{room}.")).to_be_visible()
+    expect(ann.user_button(ben.name)).to_have_count(0)
+    rooms = ben.page.get_by_role("navigation", name="Rooms")
+    expect(rooms.get_by_text(room)).to_have_count(0)
+    ben.page.goto(keyed_server.http + f"/?room={room}")  # the link again: refused
+    expect(ben.page.get_by_text(f"You're banned from #{room}.")).to_be_visible()
