@@ -26,6 +26,11 @@ export function messageChanges({ store, conn, view }) {
     }
   }
 
+  function beginEdit(item) {
+    tools.beginEdit(item.room, item.id, item.body);
+    view.announce("Editing your message. Enter saves it, Escape cancels.");
+  }
+
   /** Our own message that can still be changed, or null. */
   function own(room, id) {
     const item = store().message(room, id);
@@ -35,13 +40,13 @@ export function messageChanges({ store, conn, view }) {
   return {
     edit(room, id) {
       const item = own(room, id);
-      if (item && room === store().current) tools.beginEdit(room, id, item.body);
+      if (item && room === store().current) beginEdit(item);
     },
 
     /** Up arrow in an empty composer: true when there was a message to edit. */
     editLast() {
       const item = store().lastOwnEditable(store().current);
-      if (item) tools.beginEdit(item.room, item.id, item.body);
+      if (item) beginEdit(item);
       return Boolean(item);
     },
 
