@@ -72,3 +72,33 @@ def test_a_banned_user_leaves_the_room_and_cannot_join_it_again(
     expect(rooms.get_by_text(room)).to_have_count(0)
     ben.page.goto(keyed_server.http + f"/?room={room}")  # the link again: refused
     expect(ben.page.get_by_text(f"You're banned from #{room}.")).to_be_visible()
+
+
+def test_the_owner_mutes_and_bans_from_the_people_list(
+    keyed_server: DevProcess, open_user: OpenUser
+) -> None:
+    room = unique("den")
+    ann = open_user(unique("ann"), keyed_server, path=f"/?room={room}")  # first in: the owner
+    expect(ann.page.get_by_role("button", name="Moderate")).to_have_count(0)  # nobody else yet
+    ben = open_user(unique("ben"), keyed_server, path=f"/?room={room}")
+    moderate = ann.active_users.get_by_role("button", name=f"Moderate {ben.name}", exact=True)
+    expect(moderate).to_be_visible()
+    expect(ben.active_users.get_by_role("button", name=f"Moderate {ann.name}")).to_have_count(0)
+
+    moderate.click()
+    menu = ann.active_users.get_by_role("group", name=f"Moderate {ben.name}")
+    menu.get_by_role("button", name="Mute 10 min").click()
+    expect(ann.page.get_by_text(f"{ben.name} is muted in #{room} for 10 minutes.")).to_be_visible()
+    ben.send(unique("muted"))
+    expect(
+        ben.page.get_by_text(f"You're muted in #{room} for 10 more minutes").first
+    ).to_be_visible()
+
+    moderate.click()
+    menu.get_by_role("button", name="Ban").click()
+    expect(ben.page.get_by_text(f"{ann.name} removed you from #{room}.")).to_be_visible()
+    expect(ann.user_button(ben.name)).to_have_count(0)
+    # main is nobody's: no menu there
+    ann.page.get_by_role("navigation", name="Rooms").get_by_text("main").click()
+    expect(ann.user_button(ben.name)).to_be_visible()
+    expect(ann.active_users.get_by_role("button", name=f"Moderate {ben.name}")).to_have_count(0)

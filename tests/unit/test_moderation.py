@@ -472,3 +472,10 @@ async def test_a_ban_missed_in_a_gap_is_carried_out_after_it(connect, server):
     await moderation._on_gap()  # what the bus does once deliveries may have been lost
     assert (await bob.event("kicked", "lobby"))["data"] == {"room": "lobby", "by": "alice"}
     await carol.users("lobby", ["alice", "carol"])
+
+
+async def test_the_join_ack_says_who_may_moderate(connect):
+    alice, bob = await connect(), await connect()
+    assert (await alice.join("alice", room="lobby"))["moderates"] is True  # the owner
+    assert (await bob.join("bob", room="lobby"))["moderates"] is False
+    assert (await alice.join("alice"))["moderates"] is False  # main is nobody's

@@ -102,6 +102,8 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         "room": room,
         "lastRead": history.last_read if history is not None else None,
         "unread": (history.unread or 0) if history is not None else 0,
+        # may this user mute, kick and ban here (2.4: the room's owner, or a moderator)?
+        "moderates": await gw.moderation.moderates(conn, room),
     }
     if history is None:
         ack["history"] = False

@@ -10,6 +10,8 @@ import { MAIN, Store } from "./store.js";
 import { View } from "./view.js";
 import { checkBody, clientId, dmRoomName, errorText, isClientId, isValidRoom, normalName, usernameProblem } from "./format.js";
 
+const MUTE_SECONDS = 600; // the menu's "Mute 10 min"
+
 const ID_KEY = "roomcast.identity"; // localStorage: {username, session}, shared by every tab
 const TAB_KEY = "roomcast.tab"; // sessionStorage: this tab's rooms, current room and unsent messages
 
@@ -277,6 +279,10 @@ async function joinRoom(name, gen = conn?.generation) {
     saveIdentity();
   }
   room.joinedGen = gen;
+  if (Boolean(room.moderates) !== (ack.moderates === true)) {
+    room.moderates = ack.moderates === true; // the owner, or a moderator (2.4)
+    store.touch("users", name);
+  }
   reading.joined(name, ack);
   if (recovering && ack.recovered === false) paging.bridgeGap(name, room.recovery, gen);
   outbox.flush();
@@ -533,6 +539,22 @@ const handlers = {
 
   loadOlder: () => paging.loadOlder(),
   nearTop: () => paging.nearTop(),
+
+  async moderate(action, user) {
+    const room = store.current;
+    if (!conn?.isOpen || !["mute", "kick", "ban"].includes(action)) return;
+    const data = { room, username: user };
+    if (action === "mute") data.seconds = MUTE_SECONDS;
+    try {
+      await conn.request(action, data, { timeout: 10000 });
+    } catch (err) {
+      const text = err.code === "forbidden" ? `Only the owner of #${room} or a moderator can do that.` : errorText(err.code, err.message, { room });
+      view.notice(text, { kind: "error" });
+      return;
+    }
+    const done = { mute: `${user} is muted in #${room} for 10 minutes.`, kick: `${user} was removed from #${room}.`, ban: `${user} is banned from #${room}.` };
+    view.notice(done[action], { kind: "success", timeout: 5000 });
+  },
 
   leaveRoom() {
     const name = store.current;

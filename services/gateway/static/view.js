@@ -6,6 +6,8 @@ import { formatTime, hueFor, initialOf, safeHttpUrl, typingText, LIMITS, charCou
 import { decorate, h, renderMessage, replaceKeepingFocus, undecorate } from "./message-view.js";
 import { MessageTools } from "./message-tools.js";
 
+const MOD_ACTIONS = [["mute", "Mute 10 min"], ["kick", "Kick"], ["ban", "Ban"]];
+
 const $ = (id) => document.getElementById(id);
 
 function avatar(name, extra = "") {
@@ -83,6 +85,21 @@ export class View {
       this.setDrawer(false);
     });
     el["user-list"].addEventListener("click", (e) => {
+      const toggle = e.target.closest("button[data-moderate]");
+      if (toggle) {
+        const name = toggle.dataset.moderate;
+        this._moderating = this._moderating === name ? null : name;
+        if (this._usersShown) this._renderUsers(...this._usersShown);
+        this.el["user-list"].querySelector(`[data-mod-action][data-target="${CSS.escape(name)}"]`)?.focus();
+        return;
+      }
+      const act = e.target.closest("button[data-mod-action]");
+      if (act) {
+        this._moderating = null;
+        if (this._usersShown) this._renderUsers(...this._usersShown);
+        handlers.moderate(act.dataset.modAction, act.dataset.target);
+        return;
+      }
       const button = e.target.closest("button[data-user]");
       if (button) {
         handlers.startDm(button.dataset.user);
@@ -424,8 +441,27 @@ export class View {
         title: me ? "This is you" : `Start a private chat with ${name}`,
         "aria-disabled": me ? "true" : undefined,
       }, avatar(name, "avatar-sm"), h("span", { class: "user-name", text: name }));
-      return h("li", { class: me ? "user is-me" : "user" }, button);
+      if (me || !room.moderates) return h("li", { class: me ? "user is-me" : "user" }, button);
+      // the room's owner or a moderator (2.4): mute, kick, ban
+      const open = this._moderating === name;
+      const toggle = h("button", {
+        type: "button",
+        class: "user-mod-btn",
+        dataset: { moderate: name },
+        "aria-label": `Moderate ${name}`,
+        "aria-expanded": open ? "true" : "false",
+        title: `Mute, kick or ban ${name}`,
+        text: "⋯",
+      });
+      const menu = open
+        ? h("div", { class: "user-mod-menu", role: "group", "aria-label": `Moderate ${name}` },
+          ...MOD_ACTIONS.map(([action, label]) => h("button", {
+            type: "button", class: "btn btn-ghost", dataset: { modAction: action, target: name }, text: label,
+          })))
+        : null;
+      return h("li", { class: "user has-mod" }, button, toggle, ...(menu ? [menu] : []));
     });
+    this._usersShown = [store, room];
     list.replaceChildren(...items);
     this.el["user-count"].textContent = room.users.length ? String(room.users.length) : "";
     if (focusedUser) list.querySelector(`button[data-user="${CSS.escape(focusedUser)}"]`)?.focus();
