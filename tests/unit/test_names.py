@@ -215,6 +215,8 @@ def test_every_key_built_from_a_longest_name_fits_amqp() -> None:
         topics.user_event(user, event),
         topics.user_pattern(user),
         topics.history_request(room),
+        topics.moderation_change(room),
+        topics.disconnect_user(user),
     ]
     for key in keys:
         assert len(key.encode()) <= topics.MAX_KEY_BYTES
