@@ -41,6 +41,7 @@ from roomcast.shared.moderation import (
 from roomcast.shared.names import username_key
 
 from .connection import Connection
+from .logthrottle import LogThrottle
 from .protocol import ProtocolError, event_frame
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Moderation:
         self._states: OrderedDict[str, RoomModeration] = OrderedDict()
         self._subscription: Subscription | None = None
         self._queries_off_until = 0.0
+        self._refusals = LogThrottle()  # a muted user who keeps typing: a sample of the lines
 
     async def start(self) -> None:
         self._subscription = await self._gw.bus.subscribe(
@@ -128,7 +130,15 @@ class Moderation:
         now = time.time()
         until = state.muted_until(conn.username, now)
         if until is not None:
-            log.info("muted user refused", room=room, username=conn.username, conn=conn.id)
+            left_out = self._refusals.allow("muted")
+            if left_out is not None:
+                log.info(
+                    "muted user refused",
+                    room=room,
+                    username=conn.username,
+                    conn=conn.id,
+                    left_out=left_out,
+                )
             raise ProtocolError(
                 "muted", f"you are muted in room {room!r} for {math.ceil(until - now)} more seconds"
             )
