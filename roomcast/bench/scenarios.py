@@ -207,8 +207,14 @@ def room_name(run_id: str, room: int) -> str:
     return f"bench-{run_id}-{room}"
 
 
-def username(run_id: str, index: int | str) -> str:
+def username(run_id: str, index: int) -> str:
     return f"b{run_id}-{index}"
+
+
+def loader_name(run_id: str, room: int) -> str:
+    """A name no client's can be confused with: presence compares names by their TR39 skeleton
+    (PROTOCOL.md 2.2), where `L0` and `10` are the same name (username_taken)."""
+    return f"h{run_id}-{room}"
 
 
 def build_plan(config: Config, urls: list[str], run_id: str) -> Plan:
@@ -237,7 +243,7 @@ def build_plan(config: Config, urls: list[str], run_id: str) -> Plan:
                     -1 - room,
                     gateway,
                     urls[gateway],
-                    username(run_id, f"L{room}"),
+                    loader_name(run_id, room),
                     room_name(run_id, room),
                     "loader",
                 )

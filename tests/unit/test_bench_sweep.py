@@ -10,7 +10,7 @@ import pytest
 
 from roomcast.bench.reconnectclient import StormClient, backoff
 from roomcast.bench.reconnectreport import summarize
-from roomcast.bench.scenarios import resolve, with_overrides
+from roomcast.bench.scenarios import build_plan, resolve, with_overrides
 from roomcast.bench.stats import prometheus_counters
 from roomcast.bench.sweep import knee, next_rate, offered_deliveries, verdict
 
@@ -120,3 +120,12 @@ def test_prometheus_counters_by_label_set() -> None:
         'op="join",outcome="ok"': 12.0,
         'op="leave",outcome="ok"': 3.0,
     }
+
+
+def test_bench_names_are_distinct_under_the_confusables_skeleton() -> None:
+    from roomcast.shared.names import username_key
+
+    plan = build_plan(resolve("join-storm"), ["ws://127.0.0.1:1"], "ab12cd0r")
+    names = [c.username for c in plan.clients + plan.loaders]
+    assert len(plan.loaders) == 20
+    assert len({username_key(n) for n in names}) == len(names)
