@@ -9,6 +9,7 @@ each other.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass, field
 
 import structlog
@@ -30,14 +31,20 @@ class Bindings:
     def __init__(self) -> None:
         self._subscription: Subscription | None = None
         self._holders: dict[str, int] = {}
-        self._bound: set[str] = set()
+        self._bound: dict[str, int] = {}  # pattern -> the serial of its binding
         self._gates: dict[str, _Gate] = {}
+        self._serials = itertools.count(1)
 
     def attach(self, subscription: Subscription) -> None:
         self._subscription = subscription
 
     def __len__(self) -> int:
         return len(self._bound)
+
+    def serial(self, pattern: str) -> int | None:
+        """Which binding of the pattern is in place (None: unbound): a new number each time it
+        is bound, so whoever relies on "bound all along" can tell an unbind happened between."""
+        return self._bound.get(pattern)
 
     async def hold(self, pattern: str) -> None:
         """Count one more holder; returns once the pattern is bound (raises if it cannot be)."""
@@ -72,10 +79,10 @@ class Bindings:
                     return
                 if wanted:
                     await self._subscription.bind(pattern)
-                    self._bound.add(pattern)
+                    self._bound[pattern] = next(self._serials)
                 else:
+                    self._bound.pop(pattern, None)  # from here on, events may be missed
                     await self._subscription.unbind(pattern)
-                    self._bound.discard(pattern)
         finally:
             gate.users -= 1
             if not gate.users:

@@ -37,6 +37,7 @@ from .ratelimit import TokenBucket
 from .relay import RecentMessages, Relay
 from .repair import Repairer
 from .replies import Confirming, Replies
+from .roomcache import RoomCache
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +64,8 @@ class ChatGateway:
         self.membership = Membership()
         self.recent = RecentMessages()
         self.revs = RevClock()
-        self.relay = Relay(self.membership, self.recent)
+        self.room_cache = RoomCache()
+        self.relay = Relay(self.membership, self.recent, self.room_cache)
         self.presence = PresenceClient(bus, settings, self.id)
         self.history = HistoryClient(bus, settings)
         self.repairer = Repairer(self)
@@ -81,12 +83,20 @@ class ChatGateway:
         self._subscription = await self.bus.subscribe(
             self.relay.on_message,
             name=self.id,
-            on_gap=self.repairer.on_gap,
-            on_loss=self.repairer.on_loss,
+            on_gap=self._on_gap,
+            on_loss=self._on_loss,
         )
         self.membership.bindings.attach(self._subscription)
         await self.moderation.start()
         self._heartbeat.start()
+
+    def _on_loss(self) -> None:
+        self.room_cache.lost()
+        self.repairer.on_loss()
+
+    async def _on_gap(self) -> None:
+        self.room_cache.resumed()
+        await self.repairer.on_gap()
 
     @property
     def is_ready(self) -> bool:
@@ -242,5 +252,7 @@ class ChatGateway:
                 log.warning("heartbeat not sent", reason=str(exc))
             else:
                 self._heartbeat.ran_well()
-            self.relay.prune(set(self.membership.rooms()))
+            served = set(self.membership.rooms())
+            self.relay.prune(served)
+            self.room_cache.prune(served)
             await asyncio.sleep(self.settings.heartbeat_interval)

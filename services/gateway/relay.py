@@ -23,6 +23,7 @@ from roomcast.shared.topics import Header
 from .connection import count_out
 from .membership import Membership
 from .metrics import FANOUT
+from .roomcache import RoomCache
 
 
 @dataclass(slots=True)
@@ -65,9 +66,12 @@ class RecentMessages:
 
 
 class Relay:
-    def __init__(self, membership: Membership, recent: RecentMessages) -> None:
+    def __init__(
+        self, membership: Membership, recent: RecentMessages, cache: RoomCache | None = None
+    ) -> None:
         self._membership = membership
         self._recent = recent
+        self._cache = cache if cache is not None else RoomCache()
         self.last_ids: dict[str, str] = {}  # room -> id of the last chat message relayed there
         self.history_revs: dict[str, int] = {}  # room -> the largest rev of a joiner's history
 
@@ -83,9 +87,10 @@ class Relay:
                 if not self.first_time(route.name, message_id, publication, body.decode()):
                     return
                 self.last_ids[route.name] = message_id
+            event = route.event
+            self._cache.note(route.name, event, body)
             origin = headers.get(Header.ORIGIN)
             not_to = headers.get(Header.NOT_TO)
-            event = route.event
             now = time.monotonic()
             live = 0
             for member in self._membership.members(route.name):

@@ -3,9 +3,11 @@
 1. The room is bound first, so every event published from then on reaches this gateway; the
    member holds them back.
 2. Presence (admission: names, private rooms) and history (the room's messages) are asked
-   together. Presence refusing or not answering refuses the join (`unavailable` when it is
-   down), and the join leaves no trace. History not answering does not: the joiner gets
-   `msgHistory` `[]` and an ack with `"history": false` (2.2).
+   together; a room this gateway already serves answers `msgHistory` from its cache and asks
+   history only for the read state (`joinhistory.py`). Presence refusing or not answering
+   refuses the join (`unavailable` when it is down), and the join leaves no trace. History
+   not answering does not: the joiner gets `msgHistory` `[]` and an ack with
+   `"history": false` (2.2).
 3. `msgHistory`, then the `activeUsers` snapshot from presence's answer (2.1), then the held
    events less the messages already in the history: no gap, no repeat. The ack carries the
    reader's `lastRead` and `unread` (2.3).
@@ -24,13 +26,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from roomcast.shared import rpc
 from roomcast.shared.auth import Identity
 from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.sessions import session_hash
 
 from ..auth import signin
 from ..connection import Connection
+from ..joinhistory import JoinHistory
 from ..membership import Member
 from ..protocol import JoinData, ProtocolError, event_frame
 from .guards import own, within
@@ -71,12 +73,11 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
             "leave one first",
         )
     member = await gw.membership.enter(conn, room)
-    reading = asyncio.ensure_future(_history(gw, room, data, hashed, username))
+    source = JoinHistory(gw, room, data, hashed, username)
     try:
         admission = await gw.presence.join(conn.id, username, hashed, room)
     except BaseException as exc:
-        reading.cancel()
-        await asyncio.gather(reading, return_exceptions=True)
+        await source.cancel()
         await gw.membership.leave(member)
         if isinstance(exc, BusUnavailableError):
             await gw.presence.forget(conn.id, room)
@@ -89,26 +90,23 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         if identity is not None:
             signin.hold(conn, identity)
         await gw.membership.identify(conn, username)
-    history = await reading
-    messages = [m.wire() for m in history.messages] if history is not None else []
+    messages = await source.messages()
     conn.push(event_frame("msgHistory", messages, room=room), "msgHistory")
     conn.push(event_frame("activeUsers", admission.users, room=room), "activeUsers")
-    if history is not None:
-        newest = history.newest or (history.messages[-1].id if history.messages else None)
-        gw.relay.note_history(room, newest, max((m.rev for m in history.messages), default=None))
-    member.go_live({m.id for m in history.messages} if history is not None else set())
+    member.go_live({str(m["id"]) for m in messages})
+    state = await source.state()
     ack: dict[str, object] = {
         **_who(session, identity),
         "room": room,
-        "lastRead": history.last_read if history is not None else None,
-        "unread": (history.unread or 0) if history is not None else 0,
+        "lastRead": state.last_read,
+        "unread": state.unread,
         # may this user mute, kick and ban here (2.4: the room's owner, or a moderator)?
         "moderates": await gw.moderation.moderates(conn, room),
     }
-    if history is None:
+    if not state.history:
         ack["history"] = False
     if data.since is not None or data.since_rev is not None:
-        ack["recovered"] = bool(history is not None and history.recovered)
+        ack["recovered"] = state.recovered
     member.ack = dict(ack)
     return ack
 
@@ -129,22 +127,6 @@ def _who(session: str | None, identity: Identity | None) -> dict[str, object]:
     if identity is not None:
         return {"username": identity.username}
     return {"session": session}
-
-
-async def _history(
-    gw: ChatGateway, room: str, data: JoinData, reader: str, username: str
-) -> rpc.HistoryReply | None:
-    """The joiner's history and read state, or None when history cannot answer (the join goes
-    on without)."""
-    try:
-        if data.since_rev is not None:
-            return await gw.history.since_rev(room, data.since_rev, reader, username)
-        if data.since is not None:
-            return await gw.history.since(room, data.since, reader, username)
-        return await gw.history.recent(room, reader=reader, username=username)
-    except (BusUnavailableError, ProtocolError) as exc:
-        log.warning("history unavailable; joined without it", room=room, reason=str(exc))
-        return None
 
 
 async def _again(

@@ -1,0 +1,109 @@
+"""Where a join's `msgHistory` and read state come from: the room cache or the history service.
+
+A join into a room this gateway already serves takes `msgHistory` from `RoomCache` (no gap:
+see there) and asks history only for the reader's `lastRead`/`unread` (one message, no page of
+50), concurrently with presence. The trade: `msgHistory` still waits for that small answer, as
+PROTOCOL.md 2.2 says a join that history does not answer gets `[]` and `"history": false`, and
+the ack's read state exists only in history; asked together with presence, it is mostly there
+by the time presence answers. Otherwise history is asked for both in one read, as before, and a
+read of the newest messages seeds the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from roomcast.shared import rpc, topics
+from roomcast.shared.bus import BusUnavailableError
+
+from .protocol import JoinData, ProtocolError
+from .roomcache import Cached
+
+if TYPE_CHECKING:
+    from .gateway import ChatGateway
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """What the join's ack says besides who and where."""
+
+    last_read: str | None
+    unread: int
+    history: bool  # False: history did not answer and `msgHistory` was `[]` (2.2)
+    recovered: bool
+
+
+class JoinHistory:
+    def __init__(self, gw: ChatGateway, room: str, data: JoinData, reader: str, user: str) -> None:
+        """Start the read (the room is bound already); call before presence is asked."""
+        self._gw, self._room = gw, room
+        cache = gw.room_cache
+        serial = gw.membership.bindings.serial(topics.room_pattern(room))
+        limit = gw.settings.history_default
+        self._cached: Cached | None = None
+        self._token: int | None = None
+        if data.since_rev is None:
+            since = (data.since, gw.settings.recovery_max) if data.since is not None else None
+            self._cached = cache.answer(room, serial, limit, since)
+        if self._cached is not None:
+            self._reading = asyncio.ensure_future(_ask(gw, room, None, reader, user))
+        else:
+            if data.since is None and data.since_rev is None:
+                self._token = cache.reading(room, serial)
+            self._reading = asyncio.ensure_future(_ask(gw, room, data, reader, user))
+
+    async def cancel(self) -> None:
+        self._reading.cancel()
+        await asyncio.gather(self._reading, return_exceptions=True)
+
+    async def messages(self) -> list[dict[str, object]]:
+        """`msgHistory`: from the cache, else from history's answer (`[]` without one)."""
+        if self._cached is not None:
+            if await self._reading is None:
+                return []  # history is down: as any join it does not answer (2.2)
+            messages = self._cached.messages
+            newest = str(messages[-1]["id"]) if messages else None
+            revs = [rev for m in messages if isinstance(rev := m.get("rev"), int)]
+            self._gw.relay.note_history(self._room, newest, max(revs) if revs else None)
+            return messages
+        history = await self._reading
+        if history is None:
+            return []
+        limit = self._gw.settings.history_default
+        self._gw.room_cache.seed(self._room, self._token, history, limit)
+        newest = history.newest or (history.messages[-1].id if history.messages else None)
+        last_rev = max((m.rev for m in history.messages), default=None)
+        self._gw.relay.note_history(self._room, newest, last_rev)
+        return [m.wire() for m in history.messages]
+
+    async def state(self) -> ReadState:
+        history = await self._reading
+        if history is None:
+            return ReadState(None, 0, False, False)
+        cached = self._cached
+        recovered = cached.recovered if cached is not None else history.recovered
+        return ReadState(history.last_read, history.unread or 0, True, bool(recovered))
+
+
+async def _ask(
+    gw: ChatGateway, room: str, data: JoinData | None, reader: str, username: str
+) -> rpc.HistoryReply | None:
+    """The joiner's history and read state (`data` None: the read state alone), or None when
+    history cannot answer (the join goes on without)."""
+    try:
+        if data is None:
+            return await gw.history.recent(room, 1, reader=reader, username=username)
+        if data.since_rev is not None:
+            return await gw.history.since_rev(room, data.since_rev, reader, username)
+        if data.since is not None:
+            return await gw.history.since(room, data.since, reader, username)
+        return await gw.history.recent(room, reader=reader, username=username)
+    except (BusUnavailableError, ProtocolError) as exc:
+        log.warning("history unavailable; joined without it", room=room, reason=str(exc))
+        return None

@@ -1,0 +1,164 @@
+"""Per served room, its newest messages in their current state: a join into a room this gateway
+already serves takes its `msgHistory` from here instead of asking history (issue 11).
+
+Why it has no gap. A room's record starts just before a joiner's history read is published,
+while the room is bound and no delivery has been lost. History answers that read with every
+message routed before it; every message routed after it reaches this gateway live (the room is
+bound) and is noted here by the relay. So the read's answer plus what the relay noted since is
+the room's whole history from the answer's oldest message on, in its current state (edits,
+deletes and reactions replace a message by id when their rev is newer). The record is only
+trusted while that stays true: it belongs to one binding of the room (`Bindings.serial`), and
+a possible loss of deliveries (`lost()`, from the bus's `on_loss`) drops every record until the
+bus reports the gap over (`resumed()`, from `on_gap`).
+
+What it answers: the newest `history_default` (when it holds that many, or the whole room), and
+`since` an id it holds. `sinceRev` and anything older go to history. Order is the order this
+gateway received the messages, which is the order its live sockets saw them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import orjson
+
+from roomcast.shared import rpc
+
+_CHANGES = frozenset({"updateChat", "editChat", "deleteChat", "react"})
+_SIZE = 100  # messages kept per room (a since beyond them goes to history)
+
+
+@dataclass(slots=True)
+class _Record:
+    serial: int  # the binding it belongs to
+    token: int  # which reads may seed it: those published after it was made
+    ready: bool = False  # a history answer has seeded it
+    whole: bool = False  # the seed held the room's whole history
+    messages: OrderedDict[str, dict[str, object]] = field(default_factory=OrderedDict)
+    posted: set[str] = field(default_factory=set)  # new messages noted before the seed
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """`msgHistory` from the cache, and the ack's `recovered` for a join with `since`."""
+
+    messages: list[dict[str, object]]
+    recovered: bool | None
+
+
+class RoomCache:
+    def __init__(self, size: int = _SIZE) -> None:
+        self._size = size
+        self._rooms: dict[str, _Record] = {}
+        self._suspended = False  # deliveries may be lost until the bus reports the gap over
+        self._tokens = itertools.count(1)
+
+    # the join ------------------------------------------------------------------------------
+    def answer(
+        self, room: str, serial: int | None, limit: int, since: tuple[str, int] | None
+    ) -> Cached | None:
+        """The joiner's history, if this record can give it whole: the newest `limit`, or
+        (`since`: an id and the most a recovery holds) every message after that id."""
+        record = self._valid(room, serial)
+        if record is None or not record.ready:
+            return None
+        messages = record.messages
+        if since is not None:
+            since_id, most = since
+            if since_id not in messages:
+                return None
+            ids = list(messages)
+            after = ids[ids.index(since_id) + 1 :]
+            if len(after) > most:
+                return None  # history answers that one (the newest `most`, not recovered)
+            return Cached([messages[i] for i in after], recovered=True)
+        if len(messages) < limit and not record.whole:
+            return None
+        return Cached(list(messages.values())[-limit:], recovered=None)
+
+    def reading(self, room: str, serial: int | None) -> int | None:
+        """Called before a joiner's history read is published: the token that lets its answer
+        seed the record (None: it may not)."""
+        if self._suspended or serial is None:
+            return None
+        record = self._valid(room, serial)
+        if record is None:
+            record = self._rooms[room] = _Record(serial, next(self._tokens))
+        return record.token
+
+    def seed(self, room: str, token: int | None, reply: rpc.HistoryReply, limit: int) -> None:
+        """The answer to a read of the newest `limit` messages, started under `token`."""
+        record = self._rooms.get(room)
+        if token is None or record is None or record.token != token or record.ready:
+            return
+        noted, posted = record.messages, record.posted
+        record.messages = OrderedDict((m.id, m.wire()) for m in reply.messages)
+        for message_id, message in noted.items():  # what came live meanwhile
+            if message_id in record.messages or message_id in posted:
+                self._put(record, message_id, message)  # newer than the answer, or after it
+            # else: a change to a message older than the answer, which no answer holds
+        record.whole = len(reply.messages) < limit
+        record.ready = True
+        record.posted = set()
+        self._trim(record)
+
+    # the relay -----------------------------------------------------------------------------
+    def note(self, room: str, event: str, body: bytes) -> None:
+        """A room event relayed here: a message, or a message in its new state."""
+        record = self._rooms.get(room)
+        if record is None or event not in _CHANGES:
+            return
+        data = orjson.loads(body).get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            return
+        message_id = data["id"]
+        if not record.ready:
+            if event == "updateChat":
+                record.posted.add(message_id)
+            self._put(record, message_id, data)
+            if len(record.messages) > self._size:
+                del self._rooms[room]  # too much before history answered: start over later
+            return
+        if event != "updateChat" and message_id not in record.messages:
+            return  # a change to a message older than the record: not in any answer
+        self._put(record, message_id, data)
+        self._trim(record)
+
+    def lost(self) -> None:
+        """Deliveries may be lost from here on: nothing here can be trusted."""
+        self._rooms.clear()
+        self._suspended = True
+
+    def resumed(self) -> None:
+        """The bus delivers everything published from now on again."""
+        self._suspended = False
+
+    def prune(self, served: set[str]) -> None:
+        for room in [r for r in self._rooms if r not in served]:
+            del self._rooms[room]
+
+    # ---------------------------------------------------------------------------------------
+    def _valid(self, room: str, serial: int | None) -> _Record | None:
+        record = self._rooms.get(room)
+        if record is not None and (serial is None or record.serial != serial):
+            del self._rooms[room]  # from an earlier binding: events were missed since
+            return None
+        return record
+
+    @staticmethod
+    def _put(record: _Record, message_id: str, message: dict[str, object]) -> None:
+        old = record.messages.get(message_id)
+        if old is None or _rev(message) >= _rev(old):
+            record.messages[message_id] = message
+
+    def _trim(self, record: _Record) -> None:
+        while len(record.messages) > self._size:
+            record.messages.popitem(last=False)
+            record.whole = False
+
+
+def _rev(message: dict[str, object]) -> int:
+    rev = message.get("rev")
+    return rev if isinstance(rev, int) else 0
