@@ -441,8 +441,8 @@ export class View {
         title: me ? "This is you" : `Start a private chat with ${name}`,
         "aria-disabled": me ? "true" : undefined,
       }, avatar(name, "avatar-sm"), h("span", { class: "user-name", text: name }));
-      if (me || !room.moderates) return h("li", { class: me ? "user is-me" : "user" }, button);
-      // the room's owner or a moderator (2.4): mute, kick, ban
+      if (me || !room.moderates || room.dmWith) return h("li", { class: me ? "user is-me" : "user" }, button);
+      // the room's owner or a moderator (2.4): mute, kick, ban (not in a private chat of two)
       const open = this._moderating === name;
       const toggle = h("button", {
         type: "button",
