@@ -31,6 +31,7 @@ from typing import Any
 from .chaosaudit import audit
 from .chaosclient import ChaosClient, Clock
 from .chaosprobe import PROBE_ROOM, Prober
+from .chaosroster import audit_rosters
 from .chaosstack import ChaosStack
 from .faults import inject, parse_kinds, schedule
 from .runner import BenchError, Options, Progress, machine
@@ -41,6 +42,7 @@ DRAIN_LIMIT = 30.0
 SETTLE_LIMIT = 30.0
 SETTLE_QUIET = 2.0
 STORE_LIMIT = 30.0
+ROSTER_LIMIT = 15.0  # presence forgets a killed gateway's users after 6 s by default
 BIN_S = 1.0
 _LOG_PROBLEM = re.compile(r'"level":\s*"(error|critical)"')
 _LOGGER = re.compile(r'"logger":\s*"([^"]+)"')
@@ -150,6 +152,7 @@ class ChaosRun:
             await self._chaos(prober)
             drained = await self._drain()
             settled = await self._settle()
+            presence = await self._rosters()
             for client in self.clients:
                 client.halt.set()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -157,6 +160,7 @@ class ChaosRun:
             stored = await self._stored()
             verdict = audit(stored, self.clients, self.t0_unix)
             result = self._result(verdict, drained=drained, settled=settled)
+            result["presence"] = presence
             keep = not result["ok"]
             result["logs"] = str(self.workdir) if keep else None
             result["log_problems"] = self._log_problems()
@@ -261,6 +265,14 @@ class ChaosRun:
             self.progress.update(now - start, f"{sum(c.settled for c in self.clients)} settled")
             await asyncio.sleep(0.1)
         return False
+
+    async def _rosters(self) -> dict[str, Any]:
+        """Each client's user lists against the gateways' rosters, while all are connected
+        (outside the issue's targets: reported, not part of `ok`)."""
+        self.progress.phase("comparing user lists with the rosters", ROSTER_LIMIT)
+        rooms = sorted({r for c in self.clients for r in c.rooms})
+        ports = [g.port for g in self.stack.gateways]
+        return await audit_rosters(self.clients, ports, rooms, ROSTER_LIMIT)
 
     async def _stored(self) -> dict[str, list[dict[str, Any]]]:
         """Every message of the bench's rooms, from the store itself, once history has written

@@ -73,6 +73,8 @@ class RoomView:
     history_repeats: list[str] = field(default_factory=list)  # ... already seen when it came
     live_dups: list[str] = field(default_factory=list)
     history_dups: list[str] = field(default_factory=list)
+    # the room's users as 2.1 has a client keep them: the snapshot, then joins and leaves
+    users: set[str] = field(default_factory=set)
 
     def seen(self, message_id: str) -> bool:
         return message_id in self.shown or message_id in self.paged
@@ -384,6 +386,12 @@ class ChaosClient:
             view.shown[message_id] += 1
             view.last_id = message_id
             self.live_times.append(self.clock.now())
+        elif event == "activeUsers":
+            view.users = set(frame["data"])
+        elif event == "userJoin":
+            view.users.add(frame["data"]["username"])
+        elif event == "userLeave":
+            view.users.discard(frame["data"]["username"])
         elif event == "msgHistory":
             ids = [m["id"] for m in frame["data"]]
             view.history_ids = ids
@@ -394,6 +402,10 @@ class ChaosClient:
                 view.last_id = ids[-1]
 
     # the audit's view ----------------------------------------------------------------------
+    def user_lists(self) -> dict[str, list[str]]:
+        """room -> the users this client's list holds now."""
+        return {room: sorted(view.users) for room, view in self.views.items()}
+
     def report(self) -> dict[str, Any]:
         c = self.counts
         return {

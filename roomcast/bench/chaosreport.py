@@ -50,6 +50,9 @@ def audit_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"  gaps of {name}", f"{reader['gaps']:,} {reader['by_room']}"))
     rows.append(("unacked at the end", f"{result['unacked_at_end']:,}"))
     rows.append(("stored but never acked", f"{result['stored_not_acked']:,}"))
+    presence = result.get("presence")
+    if presence is not None:
+        rows.append(("user lists unlike the roster (2.1)", f"{presence['presence_mismatches']:,}"))
     return rows
 
 
