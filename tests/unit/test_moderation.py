@@ -356,7 +356,7 @@ async def test_a_ban_heard_late_is_still_carried_out(connect, server):
     await alice.users("lobby", ["alice", "carol"])
 
 
-async def test_a_malformed_broadcast_is_dropped_andlogged(connect, server):
+async def test_a_malformed_broadcast_is_dropped_and_logged(connect, server):
     _alice, bob, _carol = await _lobby(connect)
     with capture_logs() as logs:
         await server.system.bus.publish(topics.moderation_change("lobby"), b'{"state": 1}')
