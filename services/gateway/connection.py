@@ -62,12 +62,12 @@ class BatchTicker:
 
     def __init__(self, tick: float) -> None:
         self._tick = tick
-        self._waiting: set[asyncio.Event] = set()
+        self._waiting: set[Callable[[], None]] = set()
         self._armed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def wake_on_tick(self, ready: asyncio.Event) -> None:
-        self._waiting.add(ready)
+    def wake_on_tick(self, wake: Callable[[], None]) -> None:
+        self._waiting.add(wake)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="batch-ticker")
         self._armed.set()
@@ -78,8 +78,8 @@ class BatchTicker:
             await asyncio.sleep(self._tick)
             self._armed.clear()
             waiting, self._waiting = self._waiting, set()
-            for ready in waiting:
-                ready.set()
+            for wake in waiting:
+                wake()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -100,7 +100,35 @@ class Limiters:
 
 class Connection:
     """A client connection as the gateway's domain sees it, independent of the web framework.
-    Which rooms it is in is `Membership`'s to know."""
+    Which rooms it is in is `Membership`'s to know.
+
+    Slotted, and an idle writer waits on a bare future rather than an `asyncio.Event` (which
+    carries a dict and a deque of waiters): at tens of thousands of idle sockets what each one
+    holds is the gateway's memory (docs/performance.md, "Hot path, 2026-12-03")."""
+
+    __slots__ = (
+        "_clock",
+        "_close",
+        "_close_code",
+        "_deadline",
+        "_last_code",
+        "_max_age",
+        "_max_bytes",
+        "_queue",
+        "_queued_bytes",
+        "_send",
+        "_ticker",
+        "_wakeup",
+        "_woken",
+        "_writer",
+        "id",
+        "identity",
+        "limiters",
+        "replies",
+        "session",
+        "session_hash",
+        "username",
+    )
 
     def __init__(
         self,
@@ -130,7 +158,8 @@ class Connection:
             deque()
         )  # frame, event, size, since
         self._queued_bytes = 0
-        self._ready = asyncio.Event()
+        self._woken = False  # woken while the writer was busy: it looks at the queue again
+        self._wakeup: asyncio.Future[None] | None = None  # what the idle writer waits on
         self._close_code: int | None = None
         self._last_code: int | None = None  # close with it once the queue is written
         self._writer: asyncio.Task[None] | None = None
@@ -157,9 +186,15 @@ class Connection:
         queue.append((frame, event, size, now))
         self._queued_bytes += size
         if self._ticker is None:
-            self._ready.set()
+            self._wake()
         elif len(queue) == 1:
-            self._ticker.wake_on_tick(self._ready)
+            self._ticker.wake_on_tick(self._wake)
+
+    def _wake(self) -> None:
+        self._woken = True
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     def _too_slow(self) -> None:
         SLOW_CLOSES.inc()
@@ -178,7 +213,7 @@ class Connection:
         """Send one last event, then close with `code`."""
         self.push(frame, event)
         self._last_code = code
-        self._ready.set()
+        self._wake()
 
     def sign_in(self, identity: Identity, on_expiry: Expiry, wall: Callable[[], float]) -> None:
         """Hold the identity until its token expires, then call `on_expiry`; signing in again
@@ -244,9 +279,15 @@ class Connection:
     async def _write(self) -> None:
         queue = self._queue
         batch = self._ticker is not None
+        loop = asyncio.get_running_loop()
         while True:
-            await self._ready.wait()
-            self._ready.clear()
+            while not self._woken:
+                self._wakeup = loop.create_future()
+                try:
+                    await self._wakeup
+                finally:
+                    self._wakeup = None
+            self._woken = False
             while queue:
                 if batch and len(queue) > 1:
                     frames: list[bytes] = []
