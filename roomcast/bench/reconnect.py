@@ -67,22 +67,30 @@ async def _setup(client: StormClient, url: str) -> None:
     await client.join()
 
 
-async def _write(writer: StormClient, interval: float, stop: asyncio.Event) -> None:
-    """Open loop: one message every `interval` seconds, whatever the acks do."""
+async def _write(writer: StormClient, url: str, interval: float, stop: asyncio.Event) -> None:
+    """Open loop: one message every `interval` seconds, whatever the acks do; a writer whose
+    socket was closed joins again (a failed message is counted, not retried)."""
     pending: set[asyncio.Task[None]] = set()
+
+    def done(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            writer.error(f"chat_{type(task.exception()).__name__}")
+
     n = 0
     next_at = time.monotonic()
     while not stop.is_set():
+        if writer.ws is None or not writer.ws.is_open:
+            with contextlib.suppress(Exception):
+                await _setup(writer, url)
         n += 1
         task = asyncio.create_task(writer.say(f"storm {n}"))
         pending.add(task)
-        task.add_done_callback(pending.discard)
+        task.add_done_callback(done)
         next_at += interval
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
-    for result in await asyncio.gather(*pending, return_exceptions=True):
-        if isinstance(result, BaseException):
-            writer.error(f"chat_{type(result).__name__}")
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Storm:
@@ -113,7 +121,8 @@ class Storm:
         writers = [StormClient(r, f"w{rid}-{r}", room_name(rid, r)) for r in range(cfg.rooms)]
         progress.phase(f"connect and join {cfg.clients} users", 1)
         await _each(users, CONNECT_WINDOW, lambda u: _setup(u, deployment.urls[0]))
-        await _each(writers, JOIN_WINDOW, lambda w: _setup(w, survivors[w.index % len(survivors)]))
+        home = {w.username: survivors[w.index % len(survivors)] for w in writers}
+        await _each(writers, JOIN_WINDOW, lambda w: _setup(w, home[w.username]))
         absent = [c.username for c in users + writers if c.session is None]
         if absent:
             raise BenchError(f"{len(absent)} clients could not join before the kill: {absent[:5]}")
@@ -123,7 +132,9 @@ class Storm:
         t_ready = time.monotonic()
         stop = asyncio.Event()
         interval = cfg.rooms / cfg.rate
-        writing = [asyncio.create_task(_write(w, interval, stop)) for w in writers]
+        writing = [
+            asyncio.create_task(_write(w, home[w.username], interval, stop)) for w in writers
+        ]
         await asyncio.sleep(WARM_S)
         roles = {k: v for k, v in deployment.pids().items()}
         roles["gateway"] = [p for p in roles.get("gateway", []) if p != victim.pid]

@@ -55,6 +55,7 @@ class StormClient:
         self.connections = 0  # sockets opened after the drop
         self.failure: str | None = None
         self._refs = 0
+        self.closing = False  # closed by us: not counted as an error
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._history: asyncio.Future[None] | None = None
 
@@ -90,11 +91,15 @@ class StormClient:
     # requests ----------------------------------------------------------------------------
     async def open(self, url: str) -> None:
         self.lost.clear()
+        self.closing = False
         self.ws = await connect(f"{url}/ws?batch=1", self.on_text, timeout=JOIN_TIMEOUT)
         self.ws.closed.add_done_callback(self._closed)
         self.opened_at = time.monotonic()
 
     def _closed(self, future: asyncio.Future[int | None]) -> None:
+        if not self.closing:
+            code = None if future.cancelled() else future.result()
+            self.error(f"closed_{code if code is not None else 'without_a_close_frame'}")
         if self.lost_at is None:  # the first drop is the one measured
             self.lost_at = time.monotonic()
         self.lost.set()
@@ -185,6 +190,7 @@ class StormClient:
             return
 
     def close(self) -> None:
+        self.closing = True
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 self.ws.close()
