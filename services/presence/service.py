@@ -144,6 +144,7 @@ class PresenceService:
         if self._last_delivery is None or now - self._last_delivery > expiry:
             self._forget_caches()
             self._rebuilding_until = now + expiry
+            self.state.touch_all(now)  # the silence was ours, not the gateways'
         self._last_delivery = now
         async with self._lock:
             self._announced = None
@@ -339,9 +340,17 @@ class PresenceService:
         ended name reservations from the store now and then."""
         period = self._settings.heartbeat_interval / 2
         purged_at = self._clock()
+        deaf = False  # the bus was away: no heartbeat could come, so none is missed
         while True:
             await asyncio.sleep(period)
+            if not self._bus.is_ready:
+                deaf = True
+                self._tasks[2].ran_well()
+                continue
             async with self._lock:
+                if deaf:
+                    deaf = False
+                    self.state.touch_all(self._clock())
                 for gateway in self.state.expired(self._clock(), self._settings.gateway_expiry):
                     log.warning("gateway silent; forgetting its connections", gateway=gateway)
                     self._apply(self.state.drop_gateway(gateway))

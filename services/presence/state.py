@@ -100,6 +100,12 @@ class PresenceState:
     def touch(self, gateway: str, now: float) -> None:
         self.gateways[gateway] = now
 
+    def touch_all(self, now: float) -> None:
+        """Presence itself heard nothing for a while (its broker was away): every gateway gets
+        a whole expiry from now to be heard again before it is forgotten."""
+        for gateway in self.gateways:
+            self.gateways[gateway] = now
+
     def join(
         self, gateway: str, conn: str, username: str, session_hash: str, room: str, now: float
     ) -> Changes:
@@ -183,7 +189,9 @@ class PresenceState:
             for room in entry.rooms:
                 if room not in known.rooms:
                     known.rooms[room] = now
-                    self._enter(known, room, changes)
+                    # no origin: the connection had no snapshot from this state, and may have
+                    # been told it left (a gateway dropped while presence could not hear it)
+                    self._enter(known, room, changes, origin="")
         return changes
 
     # internals ---------------------------------------------------------------------------
@@ -202,10 +210,14 @@ class PresenceState:
                 del self._by_key[c.key]
                 changes.released.append(Released(c.key, c.username, c.session_hash))
 
-    def _enter(self, c: Conn, room: str, changes: Changes) -> None:
+    def _enter(self, c: Conn, room: str, changes: Changes, origin: str | None = None) -> None:
+        """`origin`: the connection that skips its own `userJoin` (a joiner, whose snapshot
+        lists itself); by default `c`'s own."""
         members = self._room_users.setdefault(room, {}).setdefault(c.username, set())
         if not members:
-            changes.presence.append(Change(room, c.username, True, c.conn))
+            changes.presence.append(
+                Change(room, c.username, True, c.conn if origin is None else origin)
+            )
         members.add(c.conn)
 
     def _forget(self, c: Conn, room: str, changes: Changes) -> None:

@@ -16,7 +16,7 @@ from roomcast.presence.state import Change, PresenceState, Released
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import InMemoryBus
 from roomcast.shared.names import username_key
-from roomcast.shared.rpc import Heartbeat
+from roomcast.shared.rpc import Heartbeat, RosterEntry
 from roomcast.shared.store.base import NameReservation
 from roomcast.shared.store.memory import InMemoryRoomStore
 from tests.unit.test_presence_units import (  # noqa: F401 - fixtures among them
@@ -141,3 +141,36 @@ class SlowRoomStore(InMemoryRoomStore):
         self.attempts += 1
         await self.release.wait()
         return await super().reserve_name(reservation)
+
+
+async def test_gateways_are_not_forgotten_for_presences_own_broker_outage(
+    bus: InMemoryBus, presence: Presence
+) -> None:
+    """While the bus is away no heartbeat can come: when it is back, every gateway has a whole
+    expiry to be heard again, instead of all its users leaving (and rejoining a beat later)."""
+    received = await recorder(bus)
+    clock = Clock(100.0)
+    service = await presence(clock=clock)
+    await join(bus, "c1", "alice", "h1")
+    await until(lambda: bool(received))
+    async with bus.outage():
+        clock.now += service._settings.gateway_expiry * 3
+        await asyncio.sleep(service._settings.heartbeat_interval)  # the reaper runs, deaf
+    await asyncio.sleep(service._settings.heartbeat_interval)  # and runs again, hearing
+    assert service.state.users("main") == ["alice"]
+    clock.now += service._settings.gateway_expiry + 1  # silent for a whole expiry after it
+    await until(lambda: received[-1][0] == "userLeave")
+    assert received[-1] == ("userLeave", "main", ("alice", ""))
+    assert service.state.users("main") == []
+
+
+def test_a_connection_a_heartbeat_brings_back_gets_its_own_user_join() -> None:
+    """Told it left (its gateway was forgotten), it must hear it is back: no origin skips it."""
+    state = PresenceState()
+    state.join("g1", "c1", "alice", "h1", "main", now=1.0)
+    state.drop_gateway("g1")
+    beat = Heartbeat(
+        gateway="g1",
+        connections=[RosterEntry(conn="c1", username="alice", session_hash="h1", rooms=["main"])],
+    )
+    assert state.reconcile(beat, now=2.0, grace=1.0).presence == [Change("main", "alice", True)]
