@@ -105,6 +105,7 @@ class Settings(Limits):
     # at the JWKS URL, and must name the audience and issuer when those are set
     auth: Literal["anonymous", "token"] = "anonymous"
     jwt_secret: SecretStr | None = None
+    jwt_secret_file: Path | None = None  # or a file that holds it: _from_files
     jwks_url: str | None = None
     jwt_audience: str | None = Field(None, min_length=1, max_length=1000)
     jwt_issuer: str | None = Field(None, min_length=1, max_length=1000)
@@ -131,6 +132,7 @@ class Settings(Limits):
     # the application's backend API (2.4): its keys, comma-separated (two while rotating), and
     # each key's request budget
     api_key: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    api_key_file: Path | None = None  # or a file that holds them: _from_files
     api_rate_per_second: float = Field(20.0, gt=0)
     api_burst: int = Field(100, ge=1)
 
@@ -157,6 +159,24 @@ class Settings(Limits):
             raise ValueError("must be at least 16 characters")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_files(cls, data: Any) -> Any:
+        """`ROOMCAST_JWT_SECRET_FILE`, `ROOMCAST_API_KEY_FILE`: the file's text stands for the
+        variable (a mounted Kubernetes Secret), judged by the same validators. Read at load,
+        unlike `read_secret`: sign-in and the backend API read the settings directly."""
+        if not isinstance(data, dict):
+            return data
+        for field in ("jwt_secret", "api_key"):
+            path = data.get(f"{field}_file")
+            if path in (None, ""):
+                continue
+            variable = f"{ENV_PREFIX}{field.upper()}"
+            if data.get(field) not in (None, ""):
+                raise ValueError(f"{variable} and {variable}_FILE are both set: keep one")
+            data = {**data, field: _file_text(f"{variable}_FILE", Path(path), minimum=1)}
+        return data
+
     @model_validator(mode="after")
     def _one_secret(self) -> Settings:
         if self.secret is not None and self.secret_file is not None:
@@ -169,9 +189,11 @@ class Settings(Limits):
         "webhook_url",
         "webhook_secret",
         "jwt_secret",
+        "jwt_secret_file",
         "jwks_url",
         "jwt_audience",
         "jwt_issuer",
+        "api_key_file",
         mode="before",
     )
     @classmethod
@@ -277,19 +299,24 @@ def read_secret(settings: Settings) -> SecretStr | None:
     a service without sessions never depends on the file."""
     if settings.secret_file is None:
         return settings.secret
-    name = f"{ENV_PREFIX}SECRET_FILE"
+    return SecretStr(_file_text(f"{ENV_PREFIX}SECRET_FILE", settings.secret_file, minimum=16))
+
+
+def _file_text(variable: str, path: Path, *, minimum: int) -> str:
+    """What a `*_FILE` setting's file holds, white space around it dropped, or a `ConfigError`
+    naming the variable (not a ValueError: pydantic lets it through as it is)."""
     try:
-        text = settings.secret_file.read_text(encoding="utf-8").strip()
+        text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise ConfigError(f"{name}: {settings.secret_file} does not exist") from None
+        raise ConfigError(f"{variable}: {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{name}: {settings.secret_file} cannot be read ({reason})") from None
-    if len(text) < 16:
+        raise ConfigError(f"{variable}: {path} cannot be read ({reason})") from None
+    if len(text) < minimum:
         raise ConfigError(
-            f"{name}: {settings.secret_file} holds {len(text)} characters; at least 16 needed"
+            f"{variable}: {path} holds {len(text)} characters; at least {minimum} needed"
         )
-    return SecretStr(text)
+    return text
 
 
 def load_settings(**overrides: Any) -> Settings:
