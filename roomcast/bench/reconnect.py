@@ -111,24 +111,35 @@ class Storm:
             measured = await self.storm(deployment)
         return self.result(measured)
 
-    async def storm(self, deployment: Deployment) -> dict[str, Any]:
-        cfg, progress, rid = self.config, self.bench.progress, self.bench.run_id
-        victim = next(s for s in deployment.services if s.role == "gateway")
+    async def _join_everyone(
+        self, deployment: Deployment
+    ) -> tuple[list[StormClient], list[StormClient], dict[str, str]]:
+        """The users on the first gateway, a writer per room on the others (by username: its
+        gateway), and a first message in every room, so that every user has an id to come
+        back from."""
+        cfg, rid = self.config, self.bench.run_id
         survivors = deployment.urls[1:]
         users = [
             StormClient(i, f"s{rid}-{i}", room_name(rid, i % cfg.rooms)) for i in range(cfg.clients)
         ]
         writers = [StormClient(r, f"w{rid}-{r}", room_name(rid, r)) for r in range(cfg.rooms)]
-        progress.phase(f"connect and join {cfg.clients} users", 1)
+        self.bench.progress.phase(f"connect and join {cfg.clients} users", 1)
         await _each(users, CONNECT_WINDOW, lambda u: _setup(u, deployment.urls[0]))
         home = {w.username: survivors[w.index % len(survivors)] for w in writers}
         await _each(writers, JOIN_WINDOW, lambda w: _setup(w, home[w.username]))
         absent = [c.username for c in users + writers if c.session is None]
         if absent:
             raise BenchError(f"{len(absent)} clients could not join before the kill: {absent[:5]}")
-        for writer in writers:  # every user gets an id to come back from
+        for writer in writers:
             await writer.say("before the storm")
         await self._until(lambda: all(u.last_id for u in users), SETTLE_LIMIT_S)
+        return users, writers, home
+
+    async def storm(self, deployment: Deployment) -> dict[str, Any]:
+        cfg, progress = self.config, self.bench.progress
+        victim = next(s for s in deployment.services if s.role == "gateway")
+        survivors = deployment.urls[1:]
+        users, writers, home = await self._join_everyone(deployment)
         t_ready = time.monotonic()
         stop = asyncio.Event()
         interval = cfg.rooms / cfg.rate
@@ -136,7 +147,7 @@ class Storm:
             asyncio.create_task(_write(w, home[w.username], interval, stop)) for w in writers
         ]
         await asyncio.sleep(WARM_S)
-        roles = {k: v for k, v in deployment.pids().items()}
+        roles = deployment.pids()
         roles["gateway"] = [p for p in roles.get("gateway", []) if p != victim.pid]
         if self.bench.db is not None and self.bench.db.pid is not None:
             roles["db"] = [self.bench.db.pid]
@@ -205,7 +216,7 @@ class Storm:
         entry["loadgen_cpu_s"] = measured["loadgen_cpu_s"]
         entry["presence_ops"] = measured["presence_ops"]
         return {
-            **{k: base[k] for k in ("tool", "schema", "scenario", "machine", "command")},
+            **{k: base[k] for k in ("tool", "schema", "scenario", "run_id", "machine", "command")},
             "params": {
                 **base["params"],
                 "senders": self.config.rooms,

@@ -551,6 +551,7 @@ class Bench:
             "tool": "roomcast bench",
             "schema": 1,
             "scenario": cfg.scenario,
+            "run_id": self.run_id,  # names the run's exchanges, queues and databases
             "params": {
                 **cfg.as_dict(),
                 "vs": self.options.vs,

@@ -161,6 +161,7 @@ class Sweep:
             "tool": base["tool"],
             "schema": base["schema"],
             "scenario": base["scenario"],
+            "run_id": base["run_id"],
             "sweep": {
                 "limit_ms": self.options.limit,
                 "start_rate": self.start,

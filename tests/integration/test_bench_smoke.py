@@ -67,15 +67,20 @@ def _leftover_exchanges() -> set[str]:
     return {line.strip() for line in proc.stdout.splitlines() if line.startswith("bench-")}
 
 
+def _left_behind(result: dict[str, Any]) -> set[str]:
+    """The run's own exchanges still on the broker (other people's benches may run meanwhile)."""
+    run = result["run_id"]
+    return _leftover_exchanges() & {f"bench-{run}", f"bench-peer-{run}"}
+
+
 def test_fanout_writes_the_documented_json(tmp_path: Path) -> None:
-    before = _leftover_exchanges()
     result = _bench(tmp_path, "fanout", "--clients", "20", "--duration", "2")
     assert schema_problems(result) == []
     assert list(result["systems"]) == ["roomcast"]
     _check_system(result["systems"]["roomcast"])
     assert result["scenario"] == "fanout" and result["params"]["clients"] == 20
     assert result["ratio"] is None
-    assert _leftover_exchanges() <= before
+    assert _left_behind(result) == set()
 
 
 def test_vs_socketio_runs_both_and_gives_ratios(tmp_path: Path) -> None:
@@ -137,7 +142,6 @@ def test_sweep_steps_the_rate_and_reports_each_knee(tmp_path: Path) -> None:
 
 
 def test_reconnect_storm_brings_every_user_back(tmp_path: Path) -> None:
-    before = _leftover_exchanges()
     plot = tmp_path / "storm.png"
     args = ["reconnect-storm", "--clients", "30", "--rooms", "2", "--rate", "10"]
     args += ["--duration", "60", "--plot", str(plot)]
@@ -158,4 +162,4 @@ def test_reconnect_storm_brings_every_user_back(tmp_path: Path) -> None:
     assert entry["messages_posted"] > 0
     assert entry["missing"] == 0 and entry["duplicates"] == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert _leftover_exchanges() <= before
+    assert _left_behind(result) == set()
