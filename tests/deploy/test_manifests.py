@@ -68,6 +68,8 @@ CREDENTIAL_KEYS = {
     "ROOMCAST_AMQP_URL",
     "ROOMCAST_MONGO_URL",
     "ROOMCAST_WEBHOOK_SECRET",
+    "ROOMCAST_JWT_SECRET",
+    "ROOMCAST_API_KEY",
 }
 #: The credentials each service reads (roomcast/runtime.py): gateways sign sessions and use the
 #: broker; history (messages) and presence (private rooms) also keep data in MongoDB.
@@ -78,6 +80,9 @@ NEEDS = {
     # optional (deploy/k8s/components/webhooks, compose profile): the webhook senders
     "webhooks": {"ROOMCAST_AMQP_URL", "ROOMCAST_WEBHOOK_SECRET"},
 }
+#: Credentials a service takes when the Secret has them (`secretKeyRef.optional`), so a Secret
+#: made before them still starts the pods: sign-in by token and the backend API (docs/auth.md).
+MAY_USE = {"gateway": {"ROOMCAST_JWT_SECRET", "ROOMCAST_API_KEY"}}
 DEFAULT_DRAIN_SECONDS = 10.0
 #: Seconds a terminating pod keeps after preStop and the drain, before SIGKILL.
 GRACE_MARGIN = 5
@@ -326,12 +331,15 @@ def config_env(
     return env
 
 
-def secret_refs(container: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """Environment variable -> (Secret name, key) for every secretKeyRef of a container."""
+def secret_refs(
+    container: Mapping[str, Any], *, optional: bool | None = None
+) -> dict[str, tuple[str, str]]:
+    """Environment variable -> (Secret name, key) for every secretKeyRef of a container (only
+    those whose `optional` is as given, when it is given)."""
     refs = {}
     for item in container.get("env") or []:
         ref = (item.get("valueFrom") or {}).get("secretKeyRef")
-        if ref:
+        if ref and (optional is None or bool(ref.get("optional")) == optional):
             refs[item["name"]] = (ref["name"], ref["key"])
     return refs
 
@@ -486,10 +494,14 @@ def k8s_invariant_errors(objects: Sequence[Mapping[str, Any]], overlay: str) -> 
                 {**env, **{var: "x" * 16 for var in secret_vars if var == "ROOMCAST_SECRET"}},
                 cwhere,
             )
-            for key in sorted(NEEDS[role] - secret_vars.keys()):
-                errors.append(f"{cwhere}: {key} does not come from a Secret")
-            for key in sorted(secret_vars.keys() & CREDENTIAL_KEYS - NEEDS[role]):
+            required = secret_refs(container, optional=False)
+            for key in sorted(NEEDS[role] - required.keys()):
+                errors.append(f"{cwhere}: {key} does not come from a Secret (not optional)")
+            may_use = MAY_USE.get(role, set())
+            for key in sorted(secret_vars.keys() & CREDENTIAL_KEYS - NEEDS[role] - may_use):
                 errors.append(f"{cwhere}: gets {key}, which `roomcast {role}` does not need")
+            for key in sorted(required.keys() & may_use):
+                errors.append(f"{cwhere}: {key} is optional but its secretKeyRef is not")
             grace = pod.get("terminationGracePeriodSeconds", 30)
             drain = float(env.get("ROOMCAST_DRAIN_SECONDS", DEFAULT_DRAIN_SECONDS))
             needed = prestop_seconds(container) + drain + GRACE_MARGIN
@@ -1292,6 +1304,26 @@ def test_dev_runs_its_own_broker_and_database(rendered: dict[str, list[dict[str,
     assert settings_errors(values, "dev Secret") == []
 
 
+def test_gen_secrets_writes_every_key_of_the_example_with_values_roomcast_takes(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "gen-secrets.sh"
+    shutil.copy2(K8S / "overlays" / "dev" / "gen-secrets.sh", script)
+    result = run(["bash", script], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    def keys(path: Path) -> dict[str, str]:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        pairs = (line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        return {key: value for key, value in pairs}
+
+    written = keys(tmp_path / "secrets.env")
+    assert written.keys() == keys(K8S / "overlays" / "dev" / "secrets.env.example").keys()
+    assert MAY_USE["gateway"] <= written.keys()  # the dev cluster has tokens and the API on
+    assert settings_errors(written, "secrets.env") == []
+    assert (tmp_path / "secrets.env").stat().st_mode & 0o077 == 0
+
+
 def test_prod_references_the_credentials_the_docs_create(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -1455,6 +1487,30 @@ BROKEN_INVARIANTS = [
         "rolling update may drop capacity",
     ),
     ("base/history.yaml", '"--port", "8001"', '"--port", "9001"', "--port 9001"),
+    (
+        "base/gateway.yaml",
+        "key: ROOMCAST_API_KEY\n                  optional: true\n",
+        "key: ROOMCAST_API_KEY\n",
+        "ROOMCAST_API_KEY is optional but its secretKeyRef is not",
+    ),
+    (
+        "base/gateway.yaml",
+        "key: ROOMCAST_SECRET\n",
+        "key: ROOMCAST_SECRET\n                  optional: true\n",
+        "ROOMCAST_SECRET does not come from a Secret (not optional)",
+    ),
+    (
+        "base/history.yaml",
+        "          env:\n",
+        "          env:\n"
+        "            - name: ROOMCAST_API_KEY\n"
+        "              valueFrom:\n"
+        "                secretKeyRef:\n"
+        "                  name: roomcast-credentials\n"
+        "                  key: ROOMCAST_API_KEY\n"
+        "                  optional: true\n",
+        "gets ROOMCAST_API_KEY, which `roomcast history` does not need",
+    ),
     (
         "base/gateway.yaml",
         'prometheus.io/port: "8000"',
