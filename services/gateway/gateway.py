@@ -42,16 +42,25 @@ from .roomcache import RoomCache
 log = structlog.get_logger(__name__)
 
 _CHAT_BUDGETS = 100_000  # users whose chat budget is remembered (client input: bounded)
-_IN_FLIGHT = 32  # a connection's publishes awaiting a confirm before its next frame waits
+_IN_FLIGHT = 8  # a connection's publishes awaiting a confirm before its next frame waits
 T = TypeVar("T")
 
 
 def _replies(conn: Connection) -> Replies:
-    """The connection's ordered answers, made on its first answer."""
+    """The connection's ordered answers, made on its first publish (most sockets never write,
+    and an idle socket should not carry the queue)."""
     replies = conn.replies
     if replies is None:
         replies = conn.replies = Replies(conn)
     return replies
+
+
+def _answer(conn: Connection, frame: str, event: str) -> None:
+    """Answer a frame now, or behind the answers still waiting for a confirm."""
+    if conn.replies is None:
+        conn.push(frame, event)
+    else:
+        conn.replies.send(frame, event)
 
 
 class ChatGateway:
@@ -200,7 +209,7 @@ class ChatGateway:
                 replies.after(result.confirm, partial(self._confirmed, conn, frame, result.data))
                 await replies.wait_below(_IN_FLIGHT)
             elif frame.ref is not None:
-                _replies(conn).send(ack_frame(frame.ref, result), "ack")
+                _answer(conn, ack_frame(frame.ref, result), "ack")
 
     def _confirmed(
         self,
@@ -233,7 +242,7 @@ class ChatGateway:
 
     def _refuse(self, conn: Connection, error: ProtocolError) -> None:
         ERRORS.labels(error.code).inc()
-        _replies(conn).send(error_frame(error), "error")
+        _answer(conn, error_frame(error), "error")
 
     def spawn(self, work: Coroutine[object, object, T]) -> asyncio.Task[T]:
         """Run `work` as a task that a drain waits for (a publish in flight, a socket's leave)."""
