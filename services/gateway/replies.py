@@ -2,8 +2,9 @@
 for a broker confirm.
 
 `updateChat` does not hold the connection's next frame until the broker confirms it: its publish
-starts (in frame order, so the broker gets a connection's messages in the order they were sent)
-and its answer waits here. An answer only goes out once every answer to the frames before it
+starts (in frame order, so the broker gets a connection's messages in the order they were sent:
+RabbitBus publishes on one confirm channel whose lock wakes waiters first come first served, and
+InMemoryBus routes a message when the publish starts) and its answer waits here. An answer only goes out once every answer to the frames before it
 has: an ack always follows its confirm, acks keep the frames' order, and a publish that is not
 confirmed answers `unavailable` in its place without holding up the ones after it. Nothing waits
 in the common case (no publish in flight): the answer is queued on the socket at once.
