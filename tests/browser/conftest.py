@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,8 +48,9 @@ EXPECT_TIMEOUT_MS = 10_000  # default for expect(...) assertions
 ACTION_TIMEOUT_MS = 15_000  # default for clicks, fills, navigation
 
 
-def _started(base: Path) -> DevProcess:
+def _started(base: Path, **env: str) -> DevProcess:
     server = DevProcess(base / "data", free_port(), base / "dev.log")
+    server.env.update(env)
     server.start()
     try:
         server.wait_ready()
@@ -81,6 +83,36 @@ def own_server(tmp_path: Path) -> Iterator[DevProcess]:
     dev = _started(tmp_path)
     yield dev
     _shut(dev)
+
+
+JWT_SECRET = "browser-test-jwt-secret-0123456789abcdef"  # HS256: 32+ bytes
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
+    """A `roomcast dev` that signs users in with HS256 tokens (`mint_token`) beside anonymous
+    names (ROOMCAST_AUTH=anonymous, the default)."""
+    dev = _started(tmp_path_factory.mktemp("roomcast-dev-tokens"), ROOMCAST_JWT_SECRET=JWT_SECRET)
+    yield dev
+    _shut(dev)
+
+
+@pytest.fixture(scope="module")
+def token_only_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
+    """A `roomcast dev` under ROOMCAST_AUTH=token: every join needs a token."""
+    base = tmp_path_factory.mktemp("roomcast-dev-token-only")
+    dev = _started(base, ROOMCAST_JWT_SECRET=JWT_SECRET, ROOMCAST_AUTH="token")
+    yield dev
+    _shut(dev)
+
+
+def mint_token(sub: str, *, seconds: float = 3600, secret: str = JWT_SECRET, **claims: Any) -> str:
+    """An HS256 token for `sub` that expires in `seconds` (negative: already expired), as an
+    application's backend signs it (docs/auth.md); `claims` adds `name`, `roles`, ..."""
+    import jwt
+
+    payload = {"sub": sub, "exp": int(time.time() + seconds), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
 
 
 # ---- the browser ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-// Wiring: identity (localStorage), the connection, the join sequence and recovery after a
+// Wiring: identity (localStorage, or a token from the application: signin.js), the connection, the join sequence and recovery after a
 // reconnect, typing, invitations, and the user's actions. Sending the outbox is outbox.js's,
 // changing messages changes.js's, read state reading.js's, paging back paging.js's.
 import { Connection } from "./connection.js";
@@ -6,6 +6,7 @@ import { messageChanges } from "./changes.js";
 import { outboxSender } from "./outbox.js";
 import { historyPaging } from "./paging.js";
 import { readState } from "./reading.js";
+import { forgetToken, keepToken, provisionalName, takeToken, tokenRefresher } from "./signin.js";
 import { MAIN, Store } from "./store.js";
 import { View } from "./view.js";
 import { checkBody, clientId, dmRoomName, errorText, isClientId, isValidRoom, normalName, usernameProblem } from "./format.js";
@@ -13,6 +14,9 @@ import { checkBody, clientId, dmRoomName, errorText, isClientId, isValidRoom, no
 const MUTE_SECONDS = 600; // the menu's "Mute 10 min"
 
 const ID_KEY = "roomcast.identity"; // localStorage: {username, session}, shared by every tab
+// A signed-in page's first join is refused with these when its token will never do (2.4).
+const TOKEN_REFUSALS = new Set(["unauthorized", "username_taken", "username_mismatch", "invalid", "forbidden"]);
+const SIGN_IN_EXPIRED = "Your sign-in has expired. Open the chat again from the application that sent you here to continue.";
 const TAB_KEY = "roomcast.tab"; // sessionStorage: this tab's rooms, current room and unsent messages
 
 const TYPING_EVERY_MS = 2000;
@@ -20,7 +24,8 @@ const KEEP_MAX = 2000; // messages kept per room before the oldest are trimmed
 const KEEP_AFTER_TRIM = 1500;
 
 let store = new Store();
-let identity = loadIdentity();
+let identity = null; // {username, session} when anonymous, {username, token} when signed in
+let tokenPage = false; // signed in by a token once: the application may send newer ones
 let conn = null;
 let everOpen = false;
 let loggingIn = false; // the first userJoin of a name typed in the form is in flight
@@ -55,6 +60,7 @@ function loadIdentity() {
 }
 
 function saveIdentity() {
+  if (identity?.token) return; // a token stays in this tab (signin.js), never in localStorage
   try {
     localStorage.setItem(ID_KEY, JSON.stringify({ username: identity.username, session: identity.session }));
   } catch {
@@ -65,7 +71,7 @@ function saveIdentity() {
 function clearIdentity() {
   try {
     const stored = loadIdentity();
-    if (!stored || stored.username === identity?.username) localStorage.removeItem(ID_KEY);
+    if (!identity?.token && (!stored || stored.username === identity?.username)) localStorage.removeItem(ID_KEY);
     sessionStorage.removeItem(TAB_KEY);
   } catch {
     /* ignore */
@@ -179,12 +185,12 @@ function beginSession(username) {
     }
   }
   everOpen = false;
-  conn = new Connection({ url: wsUrl(), onOpen, onEvent, onStatus });
+  conn = new Connection({ url: wsUrl(), onOpen, onEvent, onStatus, onClose });
   conn.start();
 }
 
 function enterChat() {
-  view.showChat(store.me);
+  view.showChat(store.me, { signedIn: Boolean(identity?.token) });
   setUrl(store.current);
   store.touch("rooms");
   store.touch("messages", store.current);
@@ -220,6 +226,58 @@ function onOpen(gen) {
   joinAll(gen);
 }
 
+function onClose(code) {
+  if (code !== 4001) return true;
+  // The token expired (2.4): joining again with it would only be refused, so stop here; the
+  // application's next token (signin.js) signs in again.
+  signInEnded(SIGN_IN_EXPIRED);
+  return false;
+}
+
+/** A signed-in session that cannot go on: the chat stays readable, with the reason above it. */
+function signInEnded(text) {
+  endSession();
+  view.setEnded(text);
+}
+
+/** Signs in with `token`: the first join sends it instead of a name and session. */
+function signIn(token) {
+  identity = { username: provisionalName(token), token };
+  tokenPage = true;
+  keepToken(token);
+  refresher.watch(token);
+  beginSession(identity.username);
+}
+
+/** A newer token from the application (signin.js): hand it to the server with `refresh`. */
+async function tokenArrived(token) {
+  if (!tokenPage) return; // only a page the application signed in takes its tokens
+  if (!conn) {
+    signIn(token); // the old one expired: sign in again, without leaving the chat
+    enterChat();
+    view.setConnection({ state: "connecting", everOpen: false });
+    return;
+  }
+  const previous = identity.token;
+  identity.token = token;
+  keepToken(token);
+  refresher.watch(token);
+  // A socket already signed in takes it by `refresh`; else the join in flight hands it on once
+  // admitted (joinRoom), or the next join sends it.
+  if (conn.isOpen && store.room(MAIN)?.joinedGen === conn.generation) sendRefresh(token, previous);
+}
+
+async function sendRefresh(token, previous) {
+  try {
+    await conn.request("refresh", { token }, { timeout: 10000 });
+  } catch (err) {
+    if (err.code === "offline" || err.code === "timeout") return; // the next join sends it
+    if (identity?.token === token) identity.token = previous; // refused: keep the one that works
+    keepToken(identity.token);
+    view.notice(errorText(err.code, err.message), { kind: "error" });
+  }
+}
+
 async function joinAll(gen) {
   // main first: the first userJoin fixes the connection's username and proves the session.
   try {
@@ -247,7 +305,7 @@ async function joinRoom(name, gen = conn?.generation) {
   const sinceRev = room.historyLoaded ? store.maxRev(name) : 0;
   const since = room.historyLoaded && !sinceRev ? store.lastConfirmedId(name) : null;
   const recovering = Boolean(sinceRev || since);
-  const data = { username: store.me, room: name };
+  const data = identity?.token ? { token: identity.token, room: name } : { username: store.me, room: name };
   if (identity?.session) data.session = identity.session;
   if (sinceRev) data.sinceRev = sinceRev;
   else if (since) data.since = since;
@@ -268,6 +326,12 @@ async function joinRoom(name, gen = conn?.generation) {
   }
   if (!conn || gen !== conn.generation) throw Object.assign(new Error("stale"), { code: "offline" });
   nameMaybeOurs = true;
+  if (data.token && identity.token !== data.token) sendRefresh(identity.token, data.token); // came meanwhile
+  if (typeof ack.username === "string" && ack.username && ack.username !== store.me) {
+    store.me = ack.username; // the name the token signed in (2.4)
+    identity.username = ack.username;
+    if (!loggingIn) view.showChat(store.me, { signedIn: true });
+  }
   if (takenRetries) {
     takenRetries = 0;
     view.notice(`You're back as “${store.me}”.`, { kind: "success", timeout: 4000 });
@@ -291,6 +355,18 @@ async function joinRoom(name, gen = conn?.generation) {
 
 function firstJoinFailed(err, gen) {
   const code = err.code;
+  if (identity?.token && TOKEN_REFUSALS.has(code)) {
+    tokenRefused(err);
+    return;
+  }
+  if (code === "unauthorized") {
+    // ROOMCAST_AUTH=token: nobody chats under a name alone
+    endSession();
+    identity = null;
+    loggingIn = false;
+    view.showLogin({ name: store.me, error: "This chat is for signed-in users only. Open it from the application you use it with: its link signs you in.", intro: loginIntro() });
+    return;
+  }
   if (code === "username_taken" && (identity?.session || nameMaybeOurs)) {
     nameHeld(gen);
     return;
@@ -336,6 +412,23 @@ function nameHeld(gen) {
   else view.notice(text, { kind: "error", timeout: Math.max(4000, delay) });
   clearTimeout(takenTimer);
   takenTimer = setTimeout(() => conn && gen === conn.generation && conn.isOpen && joinAll(gen), delay);
+}
+
+function tokenRefused(err) {
+  forgetToken();
+  refresher.stop();
+  const text = err.code === "unauthorized"
+    ? `Your sign-in link has expired or is not valid (${err.message || "refused"}). Open the chat again from the application that sent you here.`
+    : errorText(err.code, err.message, { username: store.me });
+  if (!loggingIn) {
+    signInEnded(text);
+    return;
+  }
+  endSession();
+  identity = null;
+  tokenPage = false;
+  loggingIn = false;
+  view.showLogin({ name: "", error: text, intro: "Sign-in failed. You can still pick a name to chat without signing in." });
 }
 
 function joinFailed(name, err, gen) {
@@ -585,6 +678,11 @@ const handlers = {
     view.tools.endEdit();
     endSession();
     clearIdentity();
+    if (identity?.token) {
+      forgetToken(); // "Sign out": this tab is anonymous from now on
+      refresher.stop();
+      tokenPage = false;
+    }
     identity = null;
     loggingIn = false;
     store = new Store();
@@ -625,7 +723,9 @@ const outbox = outboxSender({
   persist: () => persistTab(),
   rejoin: (room, gen) => joinRoom(room, gen).catch((e) => joinFailed(room, e, gen)),
 });
-const paging = historyPaging({ store: () => store, conn: () => conn, session: () => identity?.session, view });
+// the HTTP reads take the session, or the token of a signed-in page, as the bearer (2.4)
+const paging = historyPaging({ store: () => store, conn: () => conn, session: () => identity?.session || identity?.token, view });
+const refresher = tokenRefresher(tokenArrived);
 
 setInterval(() => store.pruneTyping(), 1000);
 
@@ -646,7 +746,13 @@ window.addEventListener("pageshow", (e) => {
   if (e.persisted) conn?.reconnectNow();
 });
 
-if (identity) {
+const token = takeToken();
+if (token) {
+  loggingIn = true;
+  view.showLogin({ intro: "Signing you in…", busy: true });
+  view.setLoginBusy(true, "Signing in…");
+  signIn(token);
+} else if ((identity = loadIdentity())) {
   beginSession(identity.username);
   enterChat();
   view.setConnection({ state: "connecting", everOpen: false });

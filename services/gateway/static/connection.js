@@ -17,10 +17,13 @@ export class Connection {
    * @param {(gen:number)=>void} opts.onOpen            a new socket is open (generation number)
    * @param {(msg:object)=>void} opts.onEvent           every server event that is not an ack/error with a known ref
    * @param {(status:object)=>void} opts.onStatus       {state, retryAt?, attempt?}
+   * @param {(code:number)=>boolean} [opts.onClose]     the server closed the socket with `code`;
+   *                                                    false: do not reconnect (e.g. 4001, sign-in expired)
    */
-  constructor({ url, onOpen, onEvent, onStatus, baseDelay = 1000, maxDelay = 30000, openTimeout = 10000 }) {
+  constructor({ url, onOpen, onEvent, onStatus, onClose, baseDelay = 1000, maxDelay = 30000, openTimeout = 10000 }) {
     this.url = url;
     this.onOpen = onOpen;
+    this.onClose = onClose;
     this.onEvent = onEvent;
     this.onStatus = onStatus;
     this.baseDelay = baseDelay;
@@ -146,10 +149,11 @@ export class Connection {
         if (msg && typeof msg === "object") this._dispatch(msg);
       }
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (e) => {
       if (this.ws !== ws) return;
       this._drop("closed");
-      if (!this.stopped) this._scheduleRetry();
+      if (this.onClose?.(e.code) === false) this.stop();
+      else if (!this.stopped) this._scheduleRetry();
     });
     ws.addEventListener("error", () => {
       // A "close" event always follows; nothing to do here.

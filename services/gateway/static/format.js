@@ -204,6 +204,8 @@ export function errorText(code, message, ctx = {}) {
     }
     case "banned":
       return `You're banned from ${room}.`;
+    case "unauthorized": // a token refused or expired (2.4)
+      return `Your sign-in has expired or is not valid${message ? ` (${message})` : ""}. Open the chat again from the application that sent you here.`;
     case "kicked": // not an error: the `kicked` event (protocol 2.4)
       return ctx.by === "backend" || !ctx.by ? `You were removed from ${room}.` : `${ctx.by} removed you from ${room}.`;
     default:

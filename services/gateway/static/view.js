@@ -224,12 +224,14 @@ export class View {
     }
   }
 
-  showChat(me) {
+  /** `signedIn`: by the application's token (2.4), so the name is not the user's to switch. */
+  showChat(me, { signedIn = false } = {}) {
     const { el } = this;
     el.login.hidden = true;
     el.chat.hidden = false;
     document.body.classList.add("in-chat");
     el["me-name"].textContent = me;
+    el["switch-name"].textContent = signedIn ? "Sign out" : "Switch name";
     el["me-avatar"].className = `avatar avatar-sm hue-${hueFor(me)}`;
     el["me-avatar"].dataset.initial = initialOf(me);
     if (!this.mobile.matches) el["message-input"].focus();
@@ -301,6 +303,18 @@ export class View {
     };
     tick();
     this.connTimer = setInterval(tick, 1000);
+  }
+
+  /** The session is over for good (a sign-in that expired): say why, offer no retry. */
+  setEnded(text) {
+    const { el } = this;
+    clearInterval(this.connTimer);
+    el["conn-pill"].hidden = true;
+    el["conn-banner"].hidden = false;
+    el["conn-banner-text"].textContent = text;
+    el["conn-countdown"].textContent = "";
+    el["reconnect-now"].hidden = true;
+    this.announce(text);
   }
 
   // ---- notices -------------------------------------------------------------------------------
