@@ -102,3 +102,42 @@ def test_the_owner_mutes_and_bans_from_the_people_list(
     ann.page.get_by_role("navigation", name="Rooms").get_by_text("main").click()
     expect(ann.user_button(ben.name)).to_be_visible()
     expect(ann.active_users.get_by_role("button", name=f"Moderate {ben.name}")).to_have_count(0)
+
+
+def test_the_owner_unmutes_and_unbans(keyed_server: DevProcess, open_user: OpenUser) -> None:
+    """Unmute is on every user's menu (no client is told who is muted); Unban is on the users
+    this page banned, listed under "Banned by you" (no client is told who is banned)."""
+    room = unique("hall")
+    ann = open_user(unique("ann"), keyed_server, path=f"/?room={room}")  # the owner
+    ben = open_user(unique("ben"), keyed_server, path=f"/?room={room}")
+    moderate = ann.active_users.get_by_role("button", name=f"Moderate {ben.name}", exact=True)
+    menu = ann.active_users.get_by_role("group", name=f"Moderate {ben.name}")
+    banned = ann.page.get_by_role("list", name="Banned by you")
+    expect(banned).to_be_hidden()
+
+    moderate.click()
+    menu.get_by_role("button", name="Mute 10 min").click()
+    ben.send(unique("muted"))
+    expect(ben.page.get_by_text(f"You're muted in #{room}").first).to_be_visible()
+    moderate.click()
+    menu.get_by_role("button", name="Unmute").click()
+    expect(ann.page.get_by_text(f"{ben.name} can chat in #{room} again.")).to_be_visible()
+    heard = unique("heard again")
+    ben.send(heard)
+    expect(ann.message(heard)).to_have_count(1)
+
+    moderate.click()
+    menu.get_by_role("button", name="Ban").click()
+    expect(ann.user_button(ben.name)).to_have_count(0)
+    expect(banned.get_by_role("listitem")).to_have_text([ben.name + "Unban"])
+    ben.page.goto(keyed_server.http + f"/?room={room}")
+    expect(ben.page.get_by_text(f"You're banned from #{room}.")).to_be_visible()
+
+    banned.get_by_role("button", name=f"Unban {ben.name}").click()
+    expect(ann.page.get_by_text(f"{ben.name} may join #{room} again.")).to_be_visible()
+    expect(banned).to_be_hidden()
+    ben.page.goto(keyed_server.http + f"/?room={room}")  # the link again: in
+    expect(ann.user_button(ben.name)).to_be_visible()
+    back = unique("back in")
+    ben.send(back)
+    expect(ann.message(back)).to_have_count(1)

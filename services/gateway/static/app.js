@@ -12,6 +12,14 @@ import { View } from "./view.js";
 import { checkBody, clientId, dmRoomName, errorText, isClientId, isValidRoom, normalName, usernameProblem } from "./format.js";
 
 const MUTE_SECONDS = 600; // the menu's "Mute 10 min"
+// what each moderation event (2.4) did, said after its ack
+const MODERATED = {
+  mute: (user, room) => `${user} is muted in #${room} for 10 minutes.`,
+  unmute: (user, room) => `${user} can chat in #${room} again.`,
+  kick: (user, room) => `${user} was removed from #${room}.`,
+  ban: (user, room) => `${user} is banned from #${room}.`,
+  unban: (user, room) => `${user} may join #${room} again.`,
+};
 
 const ID_KEY = "roomcast.identity"; // localStorage: {username, session}, shared by every tab
 // A signed-in page's first join is refused with these when its token will never do (2.4).
@@ -635,7 +643,7 @@ const handlers = {
 
   async moderate(action, user) {
     const room = store.current;
-    if (!conn?.isOpen || !["mute", "kick", "ban"].includes(action)) return;
+    if (!conn?.isOpen || !Object.hasOwn(MODERATED, action)) return;
     const data = { room, username: user };
     if (action === "mute") data.seconds = MUTE_SECONDS;
     try {
@@ -645,8 +653,12 @@ const handlers = {
       view.notice(text, { kind: "error" });
       return;
     }
-    const done = { mute: `${user} is muted in #${room} for 10 minutes.`, kick: `${user} was removed from #${room}.`, ban: `${user} is banned from #${room}.` };
-    view.notice(done[action], { kind: "success", timeout: 5000 });
+    const banned = store.room(room)?.banned ?? new Set(); // what this page banned: nobody lists bans (2.4)
+    if (action === "ban") banned.add(user);
+    if (action === "unban") banned.delete(user);
+    if (store.room(room)) store.room(room).banned = banned;
+    store.touch("users", room);
+    view.notice(MODERATED[action](user, room), { kind: "success", timeout: 5000 });
   },
 
   leaveRoom() {

@@ -6,7 +6,9 @@ import { formatTime, hueFor, initialOf, safeHttpUrl, typingText, LIMITS, charCou
 import { decorate, h, renderMessage, replaceKeepingFocus, undecorate } from "./message-view.js";
 import { MessageTools } from "./message-tools.js";
 
-const MOD_ACTIONS = [["mute", "Mute 10 min"], ["kick", "Kick"], ["ban", "Ban"]];
+// Unmute is offered on everyone: the protocol tells no client who is muted, and unmuting
+// someone who is not is harmless.
+const MOD_ACTIONS = [["mute", "Mute 10 min"], ["unmute", "Unmute"], ["kick", "Kick"], ["ban", "Ban"]];
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,6 +28,7 @@ export class View {
       "login", "login-form", "login-intro", "name-input", "name-error", "login-submit", "login-status",
       "chat", "drawer-toggle", "drawer-badge", "conn-pill", "conn-label", "me-avatar", "me-name", "switch-name",
       "conn-banner", "conn-banner-text", "conn-countdown", "reconnect-now", "sidebar", "scrim", "room-list", "user-list", "users-empty", "user-count",
+      "banned-heading", "banned-list",
       "room", "room-title", "room-sub", "leave-room", "scroller", "load-older", "history-status", "empty",
       "messages", "jump", "jump-text", "typing", "composer", "message-input", "send", "composer-error", "char-count",
       "notices", "announcer", "edit-bar", "edit-cancel", "confirm-delete", "confirm-delete-text", "reaction-picker",
@@ -83,6 +86,10 @@ export class View {
       e.preventDefault();
       handlers.selectRoom(link.dataset.room);
       this.setDrawer(false);
+    });
+    el["banned-list"].addEventListener("click", (e) => {
+      const act = e.target.closest("button[data-mod-action]");
+      if (act) handlers.moderate(act.dataset.modAction, act.dataset.target);
     });
     el["user-list"].addEventListener("click", (e) => {
       const toggle = e.target.closest("button[data-moderate]");
@@ -480,6 +487,16 @@ export class View {
     this.el["user-count"].textContent = room.users.length ? String(room.users.length) : "";
     if (focusedUser) list.querySelector(`button[data-user="${CSS.escape(focusedUser)}"]`)?.focus();
     this.el["users-empty"].hidden = room.users.length > 0;
+    this._renderBanned(room);
+  }
+
+  /** The users this page banned from the room (while it may moderate it), each with Unban. */
+  _renderBanned(room) {
+    const names = room.moderates && room.banned ? [...room.banned].sort() : [];
+    this.el["banned-heading"].hidden = this.el["banned-list"].hidden = names.length === 0;
+    this.el["banned-list"].replaceChildren(...names.map((name) => h("li", { class: "user banned" },
+      h("span", { class: "user-name", text: name }),
+      h("button", { type: "button", class: "btn btn-ghost", dataset: { modAction: "unban", target: name }, "aria-label": `Unban ${name}`, text: "Unban" }))));
   }
 
   _renderTyping(store, room) {
