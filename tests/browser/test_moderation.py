@@ -141,3 +141,16 @@ def test_the_owner_unmutes_and_unbans(keyed_server: DevProcess, open_user: OpenU
     back = unique("back in")
     ben.send(back)
     expect(ann.message(back)).to_have_count(1)
+
+
+def test_a_user_the_backend_disconnects_is_told_and_not_reconnected(
+    keyed_server: DevProcess, open_user: OpenUser
+) -> None:
+    ann, ben = open_user(unique("ann"), keyed_server), open_user(unique("ben"), keyed_server)
+    expect(ann.user_button(ben.name)).to_be_visible()
+    _backend(keyed_server, "POST", f"/api/users/{ben.name}/disconnect")
+    expect(ben.page.get_by_text("The application disconnected you from the chat")).to_be_visible()
+    expect(ann.user_button(ben.name)).to_have_count(0)  # gone, and did not come back
+    ann.send(unique("after the disconnect"))
+    ben.page.wait_for_timeout(1500)  # a reconnect would have brought ben back by now
+    expect(ann.user_button(ben.name)).to_have_count(0)

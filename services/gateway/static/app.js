@@ -25,6 +25,7 @@ const ID_KEY = "roomcast.identity"; // localStorage: {username, session}, shared
 // A signed-in page's first join is refused with these when its token will never do (2.4).
 const TOKEN_REFUSALS = new Set(["unauthorized", "username_taken", "username_mismatch", "invalid", "forbidden"]);
 const SIGN_IN_EXPIRED = "Your sign-in has expired. Open the chat again from the application that sent you here to continue.";
+const DISCONNECTED_BY_APP = "The application disconnected you from the chat. Reload the page to come back.";
 const TAB_KEY = "roomcast.tab"; // sessionStorage: this tab's rooms, current room and unsent messages
 
 const TYPING_EVERY_MS = 2000;
@@ -235,6 +236,12 @@ function onOpen(gen) {
 }
 
 function onClose(code) {
+  if (code === 4003) {
+    // The application's backend disconnected this user (2.4): reconnecting by itself would undo
+    // what the application asked for, so the page stops and says so.
+    signInEnded(DISCONNECTED_BY_APP);
+    return false;
+  }
   if (code !== 4001) return true;
   // The token expired (2.4): joining again with it would only be refused, so stop here; the
   // application's next token (signin.js) signs in again.
