@@ -3,10 +3,17 @@ result or a protocol error (`{"result": ...}` / `{"error": {"code", "message"}}`
 
 A refusal travels as a `ProtocolError` (roomcast.shared.errors) and reaches the client
 unchanged; a bus timeout becomes `unavailable`.
+
+Every request carries its caller's deadline (`DEADLINE_HEADER`, wall-clock seconds): the
+broker's expiry only drops a request at the head of its queue, not one already delivered and
+waiting in a busy consumer, so a consumer checks `expired` before doing the work. This assumes
+the hosts' clocks agree to well within a request timeout (NTP).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -175,9 +182,33 @@ def refusal(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
-async def call(bus: Bus, routing_key: str, request: BaseModel, *, timeout: float) -> Any:
+DEADLINE_HEADER = "deadline"
+
+
+def expired(message: Message, margin: float = 0.0, wall: Callable[[], float] = time.time) -> bool:
+    """Whether the caller has given up on `message` (or will have within `margin` seconds, too
+    soon for a reply to reach it); False for a message that carries no deadline."""
+    raw = message.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return False
+    try:
+        deadline = float(raw)
+    except ValueError:
+        return False
+    return wall() + margin >= deadline
+
+
+async def call(
+    bus: Bus,
+    routing_key: str,
+    request: BaseModel,
+    *,
+    timeout: float,
+    wall: Callable[[], float] = time.time,
+) -> Any:
     """Send a request and return its result, raising `ProtocolError` for a refusal."""
-    raw = await bus.request(routing_key, encode(request), timeout=timeout)
+    deadline = {DEADLINE_HEADER: f"{wall() + timeout:.3f}"}
+    raw = await bus.request(routing_key, encode(request), timeout=timeout, headers=deadline)
     reply = orjson.loads(raw)
     if "error" in reply:
         error = reply["error"]

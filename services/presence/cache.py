@@ -43,5 +43,8 @@ class LRU(Generic[K, V]):
         while len(self._items) > self.cap:
             self._items.popitem(last=False)
 
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
     def clear(self) -> None:
         self._items.clear()

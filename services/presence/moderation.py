@@ -37,7 +37,7 @@ from roomcast.shared.moderation import (
 from roomcast.shared.names import username_key
 from roomcast.shared.store.base import RoomStore, StoreUnavailableError
 
-from .cache import LRU
+from .readahead import ReadAhead
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -53,17 +53,31 @@ class RoomModerator:
         self._bus = bus
         self._rooms = rooms
         self._wall = wall
-        self._cache: LRU[str, RoomModeration] = LRU(CACHE_CAP)
+        self._cache: ReadAhead[str, RoomModeration] = ReadAhead(CACHE_CAP, self._read)
 
     def forget_cache(self) -> None:
         self._cache.clear()
 
+    def prefetch(self, room: str) -> None:
+        """Read the room's state ahead, outside presence's lock (readahead.py)."""
+        self._cache.prefetch(room)
+
     async def state(self, room: str) -> RoomModeration:
-        cached = self._cache.get(room)
-        if cached is None:
-            cached = await _stored(self._rooms.get_moderation(room))
-            self._cache.put(room, cached)
-        return cached
+        return await _stored(self._cache.get(room))
+
+    async def _read(self, room: str) -> RoomModeration:
+        return await self._rooms.get_moderation(room)
+
+    async def _write(self, room: str, op: Awaitable[RoomModeration]) -> RoomModeration:
+        """Store a change and cache the result; when the store failed, the change may or may
+        not be stored, so the next reader asks the store."""
+        try:
+            state = await _stored(op)
+        except rpc.RemoteError:
+            self._cache.forget(room)
+            raise
+        self._cache.put(room, state)
+        return state
 
     async def admit(
         self, room: str, username: str, identity: str, *, public: bool
@@ -84,8 +98,7 @@ class RoomModerator:
             raise rpc.RemoteError("banned", f"you are banned from room {room!r}")
         if public and room != MAIN_ROOM and state.owner is None:
             owner = RoomOwner(username=username, identity=identity)
-            state = await _stored(self._rooms.claim_owner(room, owner))
-            self._cache.put(room, state)
+            state = await self._write(room, self._rooms.claim_owner(room, owner))
             log.info("room owned", room=room, owner=username)
             # the joiner's gateway learns it from the reply; the others only need it for a
             # moderator's deleteChat, so a lost broadcast does not refuse the join
@@ -127,15 +140,14 @@ class RoomModerator:
             if req.seconds is None:
                 raise rpc.RemoteError("invalid", "mute needs 'seconds'")
             mute = Sanction(key=key, username=req.username, until=now + req.seconds, by=req.by)
-            state = await _stored(self._rooms.add_sanction(room, "mute", mute, now))
+            state = await self._write(room, self._rooms.add_sanction(room, "mute", mute, now))
         elif action == "ban":
             ban = Sanction(key=key, username=req.username, by=req.by)
-            state = await _stored(self._rooms.add_sanction(room, "ban", ban, now))
+            state = await self._write(room, self._rooms.add_sanction(room, "ban", ban, now))
         elif action == "unmute":
-            state = await _stored(self._rooms.lift_sanction(room, "mute", key))
+            state = await self._write(room, self._rooms.lift_sanction(room, "mute", key))
         elif action == "unban":
-            state = await _stored(self._rooms.lift_sanction(room, "ban", key))
-        self._cache.put(room, state)
+            state = await self._write(room, self._rooms.lift_sanction(room, "ban", key))
         change = ModerationChange(action=action, username=req.username, by=req.by, state=state)
         if not await self._tell(change):
             raise rpc.RemoteError(

@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from roomcast.shared.auth import is_subject_key
 from roomcast.shared.store.base import NameReservation, RoomStore, StoreUnavailableError
 
-from .cache import LRU
+from .readahead import ReadAhead
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,7 @@ class NameReservations:
         self._store = store
         self._grace = grace
         self._wall = wall
-        self._cache: LRU[str, NameReservation | None] = LRU(cache_cap)
+        self._cache: ReadAhead[str, NameReservation | None] = ReadAhead(cache_cap, self._read)
         self._pending: dict[str, NameReservation] = {}  # not yet persisted, oldest first
         self._written: dict[str, asyncio.Future[None]] = {}  # key -> resolved once persisted
         self._pending_cap = pending_cap
@@ -72,17 +72,20 @@ class NameReservations:
 
     async def holder(self, key: str) -> NameReservation | None:
         """The reservation in force for `key`, if any."""
-        now = self._wall()
-        found, cached = self._cache.lookup(key)
-        if not found:
-            try:
-                cached = await self._store.get_reservation(key, now)
-            except StoreUnavailableError as exc:
-                RESERVATIONS.labels("unchecked").inc()
-                log.warning("name reservations unreadable; join let through", error=str(exc))
-                return None
-            self._cache.put(key, cached)
-        return cached if cached is not None and cached.holds(now) else None
+        try:
+            cached = await self._cache.get(key)
+        except StoreUnavailableError as exc:
+            RESERVATIONS.labels("unchecked").inc()
+            log.warning("name reservations unreadable; join let through", error=str(exc))
+            return None
+        return cached if cached is not None and cached.holds(self._wall()) else None
+
+    def prefetch(self, key: str) -> None:
+        """Read `key`'s reservation ahead, outside presence's lock (readahead.py)."""
+        self._cache.prefetch(key)
+
+    async def _read(self, key: str) -> NameReservation | None:
+        return await self._store.get_reservation(key, self._wall())
 
     def reserve(self, key: str, username: str, session_hash: str) -> None:
         """Keep the name for its session from now on, for the grace period (a token subject's:

@@ -8,6 +8,12 @@ locks beyond one. Private rooms and name reservations live in the room store, so
 every process; the caches of both are bounded LRUs, dropped when deliveries paused longer than
 a gateway's expiry (another replica may have been active meanwhile).
 
+A join storm must not queue up work nobody waits for: a request whose caller has given up (its
+deadline, shared/rpc.py) is dropped unanswered, counted in `roomcast_presence_expired_total`,
+and the gateway's undo of it is a no-op. What a join reads from the store (privacy, moderation,
+the name's reservation) is read ahead when it is delivered, outside the lock and once per key
+(readahead.py), so the lock is held for memory work only.
+
 Its background tasks (the announcer, the reservation writer, the reaper) are supervised: one
 that dies is logged, counted in `roomcast_background_task_restarts_total{task}` and restarted;
 `ready()` is False while one is down or keeps failing.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -37,8 +44,8 @@ from roomcast.webhooks.emitter import WebhookEmitter
 from roomcast.webhooks.presence import PresenceWebhooks
 
 from .announcer import Announcer
-from .cache import LRU
 from .moderation import RoomModerator
+from .readahead import ReadAhead
 from .reservations import NameReservations, refusal
 from .state import Changes, PresenceState
 
@@ -47,9 +54,16 @@ T = TypeVar("T")
 
 OPS = Counter("roomcast_presence_ops_total", "Presence requests handled", ["op", "outcome"])
 USERS = Gauge("roomcast_presence_connections", "Connections presence knows of")
+EXPIRED = Counter(
+    "roomcast_presence_expired_total", "Requests dropped unprocessed: the caller gave up", ["op"]
+)
 
 PRIVATE_CACHE_CAP = 10_000
 PURGE_EVERY = 60.0  # seconds between purges of ended name reservations
+EXPIRY_MARGIN = 0.05  # seconds: a reply due later than the deadline minus this is not awaited
+# requests whose only effect is their answer (a join that is never answered is undone by its
+# gateway); departures are never dropped: they correct the state whoever waits for them
+DROPPABLE = frozenset({"join", "invite", "users", "moderation", "moderate"})
 
 
 class PresenceService:
@@ -64,16 +78,22 @@ class PresenceService:
         restart_delay: float = 0.1,
         give_up_after: int = 10,
         webhooks: WebhookEmitter | None = None,
+        deadlines: Callable[[], float] = time.time,
     ) -> None:
         """`restart_delay` and `give_up_after` tune the supervision of the background tasks:
         the first pause before a restart, and the failures in a row that make presence
-        unready. `webhooks`: where room and member events go, when webhooks are on."""
+        unready. `webhooks`: where room and member events go, when webhooks are on.
+        `deadlines`: the clock the callers' deadlines are read on (their wall clock)."""
         self._bus = bus
         self._rooms = rooms
         self._settings = settings
         self._clock = clock
+        self._deadlines = deadlines
         self.state = PresenceState()
-        self._private: LRU[str, PrivateRoom] = LRU(PRIVATE_CACHE_CAP)
+        # public answers are cached too: only this replica makes rooms private (`_invite`)
+        self._private: ReadAhead[str, PrivateRoom | None] = ReadAhead(
+            PRIVATE_CACHE_CAP, self._read_private
+        )
         self._lock = asyncio.Lock()
         self.webhooks = PresenceWebhooks(webhooks) if webhooks is not None else None
         self.announcer = Announcer(bus, webhooks=self.webhooks)
@@ -98,7 +118,7 @@ class PresenceService:
             self._tasks.append(supervised("presence-webhooks", self.webhooks.run))
             self.webhooks.outbox.on_round = self._tasks[-1].ran_well
         self._handlers = {
-            "join": self._join,
+            "join": self._join_message,
             "leave": self._leave,
             "disconnect": self._disconnect,
             "invite": self._invite,
@@ -146,10 +166,19 @@ class PresenceService:
             self._rebuilding_until = now + expiry
             self.state.touch_all(now)  # the silence was ours, not the gateways'
         self._last_delivery = now
+        if self._expired(op, message):
+            return
+        work: Callable[[], Awaitable[bytes | None]] = functools.partial(handler, message)
+        if op == "join":
+            req = rpc.decode(rpc.JoinRequest, message)
+            self._read_ahead(req)
+            work = functools.partial(self._join, req)
         async with self._lock:
+            if self._expired(op, message):  # it waited for the lock too long
+                return
             self._announced = None
             try:
-                reply = await handler(message)
+                reply = await work()
             except rpc.RemoteError as exc:
                 OPS.labels(op, exc.code).inc()
                 reply = rpc.refusal(exc.code, exc.message)
@@ -168,9 +197,27 @@ class PresenceService:
         if reply is not None:
             await self._bus.reply(message, reply)
 
+    def _expired(self, op: str, message: Message) -> bool:
+        if op not in DROPPABLE or not rpc.expired(message, EXPIRY_MARGIN, self._deadlines):
+            return False
+        EXPIRED.labels(op).inc()
+        log.debug("request dropped: its caller gave up", op=op)
+        return True
+
+    def _read_ahead(self, req: rpc.JoinRequest) -> None:
+        """Start the store reads the join will need, while the requests ahead of it run."""
+        if req.room != MAIN_ROOM:
+            self._private.prefetch(req.room)
+        self.moderation.prefetch(req.room)
+        key = username_key(req.username)
+        if not is_subject_key(req.session_hash) and not self.state.holders(key):
+            self.names.prefetch(key)
+
     # requests ------------------------------------------------------------------------------
-    async def _join(self, message: Message) -> bytes:
-        req = rpc.decode(rpc.JoinRequest, message)
+    async def _join_message(self, message: Message) -> bytes:
+        return await self._join(rpc.decode(rpc.JoinRequest, message))
+
+    async def _join(self, req: rpc.JoinRequest) -> bytes:
         now = self._clock()
         self.state.touch(req.gateway, now)
         key = username_key(req.username)
@@ -251,7 +298,11 @@ class PresenceService:
                 RoomMember(inviter, req.session_hash),
                 RoomMember(invitee, sorted(invitee_sessions)[0]),
             )
-            stored = await self._store(self._rooms.make_private(room, members))
+            try:
+                stored = await self._store(self._rooms.make_private(room, members))
+            except rpc.RemoteError:
+                self._private.forget(room)  # it may be stored all the same
+                raise
             self._private.put(room, stored)
             if stored.members != members and stored.usernames() != pair:
                 raise rpc.RemoteError("room_private", f"room {room!r} is private to another pair")
@@ -311,18 +362,14 @@ class PresenceService:
         return self.announcer.announce(changes, barrier=barrier)
 
     async def _private_room(self, room: str) -> PrivateRoom | None:
-        """Private rooms never become public again, and only the active replica makes them, so
-        what it has read stays true while it is active; public answers are not cached (a room
-        may become private later)."""
+        """Private rooms never become public again, and only the active replica makes them
+        (caching what it made), so what it has read stays true while it is active."""
         if room == MAIN_ROOM:
             return None
-        cached = self._private.get(room)
-        if cached is not None:
-            return cached
-        found = await self._store(self._rooms.get_private(room))
-        if found is not None:
-            self._private.put(room, found)
-        return found
+        return await self._store(self._private.get(room))
+
+    async def _read_private(self, room: str) -> PrivateRoom | None:
+        return await self._rooms.get_private(room)
 
     def _forget_caches(self) -> None:
         self._private.clear()
