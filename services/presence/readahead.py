@@ -62,10 +62,11 @@ class ReadAhead(Generic[K, V]):
             return item[0]
         task = self._inflight.get(key)
         if task is not None:
-            value = await task
+            await task
             self._filled(key, task)  # its callback may not have run yet
-            if key in self._items:  # filled by the read, not invalidated meanwhile
-                return value
+            item = self._items.get(key)  # the read's answer, or a write's since
+            if item is not None:
+                return item[0]
         self.reads += 1
         value = await self._load(key)
         self._items.put(key, (value,))
