@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from roomcast.presence.readahead import ReadAhead
 from roomcast.presence.service import PresenceService
 from roomcast.shared import rpc, topics
-from roomcast.shared.bus import InMemoryBus, Message
+from roomcast.shared.bus import BusTimeoutError, InMemoryBus, Message
 from roomcast.shared.moderation import ModerateRequest, RoomModeration, Sanction, SanctionKind
 from roomcast.shared.store.base import PrivateRoom, RoomMember, StoreUnavailableError
 from roomcast.shared.store.memory import InMemoryRoomStore
@@ -91,6 +91,19 @@ async def test_a_join_past_its_deadline_is_not_processed_and_is_counted(
     await service._handle(delivery("join", join_request("c2", "bob", "h2"), wall.now + 5))
     assert service.state.users("main") == ["bob"]  # a live one is processed
     assert expired_count("join") == before + 1
+
+
+async def test_every_request_carries_its_callers_deadline(
+    bus: InMemoryBus, presence: Presence
+) -> None:
+    service, wall = await on_a_clock(presence)
+    wall.now += 10  # presence sees the request after its caller gave up
+    before = expired_count("join")
+    request = join_request("c1", "alice", "h1")
+    with pytest.raises(BusTimeoutError):
+        await rpc.call(bus, topics.presence_request("join"), request, timeout=0.5)
+    await until(lambda: expired_count("join") == before + 1)
+    assert service.state.users("main") == []
 
 
 async def test_a_join_that_expires_while_waiting_for_the_lock_is_dropped(
