@@ -4,6 +4,9 @@ Guarantees:
 - A request gets exactly one reply or, after `timeout`, `BusTimeoutError`; a late reply is
   dropped. Replies are matched by correlation id, so concurrent requests never mix.
 - A request carries `expiration=timeout`: one that nobody took in time is not processed later.
+  The broker drops it only while it is queued (quorum queues too); once delivered into a
+  consumer's prefetch it is the consumer's to check, by the deadline header `rpc.call` adds
+  (roomcast.shared.rpc.expired).
 - RabbitMQ wants the reply-to consumer on the channel that publishes the requests, and aio-pika
   does not restore it after a reconnect (it is no declared queue): `ensure_consumer` starts it
   again on the next request once the publishing channel was replaced.
