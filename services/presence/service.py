@@ -9,8 +9,8 @@ every process; the caches of both are bounded LRUs, dropped when deliveries paus
 a gateway's expiry (another replica may have been active meanwhile).
 
 A join storm must not queue up work nobody waits for: a request whose caller has given up (its
-deadline, shared/rpc.py) is dropped unanswered, counted in `roomcast_presence_expired_total`,
-and the gateway's undo of it is a no-op. What a join reads from the store (privacy, moderation,
+deadline, shared/rpc.py) is dropped unanswered, counted as outcome "expired" in
+`roomcast_presence_ops_total`, and the gateway's undo of it is a no-op. What a join reads from the store (privacy, moderation,
 the name's reservation) is read ahead when it is delivered, outside the lock and once per key
 (readahead.py), so the lock is held for memory work only.
 
@@ -54,9 +54,6 @@ T = TypeVar("T")
 
 OPS = Counter("roomcast_presence_ops_total", "Presence requests handled", ["op", "outcome"])
 USERS = Gauge("roomcast_presence_connections", "Connections presence knows of")
-EXPIRED = Counter(
-    "roomcast_presence_expired_total", "Requests dropped unprocessed: the caller gave up", ["op"]
-)
 
 PRIVATE_CACHE_CAP = 10_000
 PURGE_EVERY = 60.0  # seconds between purges of ended name reservations
@@ -200,7 +197,7 @@ class PresenceService:
     def _expired(self, op: str, message: Message) -> bool:
         if op not in DROPPABLE or not rpc.expired(message, EXPIRY_MARGIN, self._deadlines):
             return False
-        EXPIRED.labels(op).inc()
+        OPS.labels(op, "expired").inc()
         log.debug("request dropped: its caller gave up", op=op)
         return True
 

@@ -68,7 +68,10 @@ async def on_a_clock(presence: Presence) -> tuple[PresenceService, Wall]:
 
 
 def expired_count(op: str) -> float:
-    return REGISTRY.get_sample_value("roomcast_presence_expired_total", {"op": op}) or 0.0
+    return (
+        REGISTRY.get_sample_value("roomcast_presence_ops_total", {"op": op, "outcome": "expired"})
+        or 0.0
+    )
 
 
 def delivery(op: str, request: rpc.Wire, deadline: float) -> Message:
