@@ -114,8 +114,7 @@ class PresenceService:
         if self.webhooks is not None:
             self._tasks.append(supervised("presence-webhooks", self.webhooks.run))
             self.webhooks.outbox.on_round = self._tasks[-1].ran_well
-        self._handlers = {
-            "join": self._join_message,
+        self._handlers = {  # and "join", which `_handle` starts before taking the lock
             "leave": self._leave,
             "disconnect": self._disconnect,
             "invite": self._invite,
@@ -153,8 +152,7 @@ class PresenceService:
 
     async def _handle(self, message: Message) -> None:
         op = message.routing_key.rpartition(".")[2]
-        handler = self._handlers.get(op)
-        if handler is None:
+        if op != "join" and op not in self._handlers:
             raise RejectMessage(f"unknown presence op {op!r}")
         now = self._clock()
         expiry = self._settings.gateway_expiry
@@ -165,11 +163,13 @@ class PresenceService:
         self._last_delivery = now
         if self._expired(op, message):
             return
-        work: Callable[[], Awaitable[bytes | None]] = functools.partial(handler, message)
-        if op == "join":
+        work: Callable[[], Awaitable[bytes | None]]
+        if op == "join":  # decoded before the lock, so that its store reads start now
             req = rpc.decode(rpc.JoinRequest, message)
             self._read_ahead(req)
             work = functools.partial(self._join, req)
+        else:
+            work = functools.partial(self._handlers[op], message)
         async with self._lock:
             if self._expired(op, message):  # it waited for the lock too long
                 return
@@ -211,9 +211,6 @@ class PresenceService:
             self.names.prefetch(key)
 
     # requests ------------------------------------------------------------------------------
-    async def _join_message(self, message: Message) -> bytes:
-        return await self._join(rpc.decode(rpc.JoinRequest, message))
-
     async def _join(self, req: rpc.JoinRequest) -> bytes:
         now = self._clock()
         self.state.touch(req.gateway, now)
