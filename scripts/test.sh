@@ -36,4 +36,6 @@ echo "== lint and types"
 bash scripts/typecheck.sh
 
 echo "== tests"
-exec .venv/bin/python -m pytest "$@"
+# Two workers, one test file at a time each: every file starts servers of its own (exchanges,
+# databases and ports are per test), and most of a test's time is spent waiting on them.
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

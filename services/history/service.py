@@ -46,6 +46,11 @@ READS = Counter("roomcast_history_reads_total", "History reads answered", ["op"]
 CHANGES = Counter(
     "roomcast_history_changes_total", "Changes handled", ["op", "outcome"]
 )  # outcome: "applied" or a refusal's code
+EXPIRED = Counter(
+    "roomcast_history_requests_expired_total",
+    "Reads and changes dropped because their caller had given up (its deadline passed)",
+    ["op"],
+)
 
 _RETRY_DELAY = 0.5
 
@@ -157,6 +162,13 @@ class HistoryService:
         """A query or a change, answered after the writes ahead of it are stored."""
         request = rpc.decode_history(message)
         await self._batcher.drain()
+        if rpc.expired(message):
+            # The gateway has answered its client (`history: false` or `unavailable`) already: a
+            # read would be wasted on a queue that is late, and a change applied now would
+            # contradict what the client was told. Dropping it lets a backlog catch up.
+            EXPIRED.labels(request.op).inc()
+            log.info("history request dropped: its caller gave up", room=room, op=request.op)
+            return
         try:
             if isinstance(request, rpc.HistoryQuery):
                 reply = rpc.result(await reads.answer(self._store, self._settings, room, request))

@@ -11,11 +11,12 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from roomcast.history import changes
 from roomcast.history.service import HistoryService
 from roomcast.shared import rpc, topics
-from roomcast.shared.bus import InMemoryBus, Message, RejectMessage
+from roomcast.shared.bus import BusTimeoutError, InMemoryBus, Message, RejectMessage
 from roomcast.shared.config import load_settings
 from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage, RevClock
@@ -205,3 +206,26 @@ def test_a_history_request_is_a_query_or_a_change_by_its_op() -> None:
         decoded({"op": "shout", "limit": 5})
     with pytest.raises(RejectMessage):
         decoded({"op": "edit", "limit": 5})  # a change's op with a query's fields
+
+
+async def test_a_request_whose_caller_gave_up_is_dropped_not_applied(history: History) -> None:
+    """A late queue (a join storm) must not spend itself on reads nobody waits for, nor apply a
+    change whose client was already told `unavailable`."""
+
+    def dropped() -> float:
+        value = REGISTRY.get_sample_value("roomcast_history_requests_expired_total", {"op": "edit"})
+        return value or 0.0
+
+    await history.post(1)
+    before = dropped()
+    late = rpc.ChangeRequest.model_validate(
+        {"op": "edit", "id": "m0001", "author": ANN, "username": "ann", "rev": 0, "at": 77}
+        | {"body": "too late"}
+    )
+    with pytest.raises(BusTimeoutError):  # a deadline already past: the caller gave up
+        await rpc.call(
+            history.bus, topics.history_request(ROOM), late, timeout=0.3, wall=lambda: 0.0
+        )
+    assert dropped() == before + 1
+    reply = await history.query()
+    assert [m.body for m in reply.messages] == ["hello 1"]  # the edit was not applied
