@@ -98,12 +98,12 @@ def test_expiry_closes_the_chat_with_a_message_and_no_reconnect_loop(
     token_server: DevProcess, open_user: OpenUser
 ) -> None:
     name = unique("brief")
-    seconds = 4
-    token = mint_token(unique("brief-id"), name=name, seconds=seconds)
-    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     user = open_user(name, token_server, login=False, path="/healthz")
     sockets: list[str] = []
     user.page.on("websocket", lambda ws: sockets.append(ws.url))
+    # minted once the browser is up: the join must come before `exp`, even on a slow machine
+    token = mint_token(unique("brief-id"), name=name, seconds=6)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     user.page.goto(f"{token_server.http}/#token={token}")
     expect(user.box).to_be_visible()
     expect(user.page.get_by_text(EXPIRED).first).to_be_visible(timeout=20_000)
@@ -119,9 +119,6 @@ def test_the_application_hands_over_a_newer_token_before_expiry(
     """The page opened by the application asks it (postMessage to its opener) for a new token a
     minute before `exp`; the answer is sent as `refresh`, so the socket outlives the first token."""
     name, sub = unique("kept"), unique("kept-id")
-    seconds = 4
-    first = mint_token(sub, name=name, seconds=seconds)
-    exp = jwt.decode(first, options={"verify_signature": False})["exp"]
     fresh = mint_token(sub, name=name, seconds=3600)
     ann = open_user(unique("ann"), token_server)
 
@@ -139,6 +136,9 @@ def test_the_application_hands_over_a_newer_token_before_expiry(
     )
     sockets: list[str] = []
     app.context.on("page", lambda page: page.on("websocket", lambda ws: sockets.append(ws.url)))
+    # minted last, and with room for a slow machine to open the page and join before `exp`
+    first = mint_token(sub, name=name, seconds=10)
+    exp = jwt.decode(first, options={"verify_signature": False})["exp"]
     with app.context.expect_page() as opened:
         app.evaluate("url => { window.open(url); }", f"{token_server.http}/#token={first}")
     chat = opened.value

@@ -397,12 +397,15 @@ async def test_on_loss_marks_where_a_reconnect_began_and_comes_before_on_gap(
 
     async with restartable.outage():
         await until(lambda: not bus.is_ready, "not ready while the broker is away", 60)
-        assert marks.calls == [("loss", 5)]  # marked when the connection went
+        # marked when the connection went (again, at the same point, if a reconnect attempt
+        # reached the broker while it was stopping: where the loss began is what counts)
+        assert marks.calls and set(marks.calls) == {("loss", 5)}
     async with asyncio.timeout(90):  # a RabbitMQ app start and a reconnect, on a busy machine
         await marks.gap.wait()
     await bus.publish("room.l.msg", b"after")
     await inbox.wait_for_body(b"after")
-    assert marks.calls == [("loss", 5), ("gap", 5)]
+    assert set(marks.calls) == {("loss", 5), ("gap", 5)}
+    assert marks.calls.index(("loss", 5)) < marks.calls.index(("gap", 5))
 
 
 async def test_a_full_inbox_marks_the_loss_after_what_it_had_accepted(env: BusEnv) -> None:
