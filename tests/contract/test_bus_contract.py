@@ -256,11 +256,12 @@ class GapCounter:
         self.called.set()
 
 
-async def test_full_inbox_drops_counts_and_calls_on_gap_once_it_has_room(env: BusEnv) -> None:
-    bus = await env.another_bus(inbox_limit=10)
-    label = f"overflow-{env.kind}-{uuid.uuid4().hex[:6]}"
-    dropped = "roomcast_bus_inbox_dropped_total"
-    inbox, release, holding = Inbox(), asyncio.Event(), asyncio.Event()
+def held_at_zero(
+    inbox: Inbox,
+) -> tuple[Callable[[Message], Awaitable[None]], asyncio.Event, asyncio.Event]:
+    """A handler that holds message b"0" until `release` is set (`holding` says it has it), so
+    the deliveries behind it fill the subscription's inbox; then everything reaches `inbox`."""
+    release, holding = asyncio.Event(), asyncio.Event()
 
     async def slow(message: Message) -> None:
         if message.body == b"0":
@@ -268,6 +269,15 @@ async def test_full_inbox_drops_counts_and_calls_on_gap_once_it_has_room(env: Bu
             await release.wait()
         await inbox(message)
 
+    return slow, release, holding
+
+
+async def test_full_inbox_drops_counts_and_calls_on_gap_once_it_has_room(env: BusEnv) -> None:
+    bus = await env.another_bus(inbox_limit=10)
+    label = f"overflow-{env.kind}-{uuid.uuid4().hex[:6]}"
+    dropped = "roomcast_bus_inbox_dropped_total"
+    inbox = Inbox()
+    slow, release, holding = held_at_zero(inbox)
     on_gap = GapCounter(inbox)
     sub = await bus.subscribe(slow, name=label, on_gap=on_gap)
     await sub.bind("room.o.*")
@@ -410,14 +420,8 @@ async def test_on_loss_marks_where_a_reconnect_began_and_comes_before_on_gap(
 
 async def test_a_full_inbox_marks_the_loss_after_what_it_had_accepted(env: BusEnv) -> None:
     bus = await env.another_bus(inbox_limit=4)
-    inbox, release, holding = Inbox(), asyncio.Event(), asyncio.Event()
-
-    async def slow(message: Message) -> None:
-        if message.body == b"0":
-            holding.set()
-            await release.wait()
-        await inbox(message)
-
+    inbox = Inbox()
+    slow, release, holding = held_at_zero(inbox)
     marks = LossRecorder(inbox)
     label = f"loss-full-{env.kind}-{uuid.uuid4().hex[:6]}"
     sub = await bus.subscribe(slow, name=label, on_gap=marks.on_gap, on_loss=marks.on_loss)

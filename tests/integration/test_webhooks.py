@@ -32,10 +32,8 @@ SECRET = "integration-webhook-secret-0123"
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[WebhookReceiver]:
-    rx = WebhookReceiver(SECRET)
-    await rx.start()
-    yield rx
-    await rx.stop()
+    async with WebhookReceiver(SECRET) as rx:
+        yield rx
 
 
 @pytest.fixture

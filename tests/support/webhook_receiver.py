@@ -55,6 +55,13 @@ class WebhookReceiver:
             server.close()
             await server.wait_closed()
 
+    async def __aenter__(self) -> WebhookReceiver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     def delivered(self) -> list[Post]:
         """POSTs answered 2xx."""
         return [p for p in self.posts if 200 <= p.status < 300]

@@ -208,10 +208,8 @@ def test_a_payload_is_the_wire_body_and_refuses_what_is_not_one() -> None:
 # delivery ---------------------------------------------------------------------------------
 @pytest.fixture
 async def receiver() -> AsyncIterator[WebhookReceiver]:
-    rx = WebhookReceiver(SECRET)
-    await rx.start()
-    yield rx
-    await rx.stop()
+    async with WebhookReceiver(SECRET) as rx:
+        yield rx
 
 
 @pytest.fixture
