@@ -22,6 +22,10 @@ class Header:
     SENT_AT = "ts"  # publish time, seconds since the epoch (fan-out latency)
     AUTHOR = "author"  # the identity (session hash) of a chat message's author
     NOT_TO = "not-to"  # a username whose own sockets skip the event (seen receipts)
+    # stage timestamps, only with ROOMCAST_TRACE_STAGES (roomcast.shared.bus.trace)
+    TRACE_RECEIVED = "t-recv"  # the gateway took the client's frame
+    TRACE_PUBLISHED = "t-pub"  # handed to the broker client
+    TRACE_DELIVERED = "t-dlv"  # the broker client handed the delivery over (receiver only)
 
 
 class Route(NamedTuple):

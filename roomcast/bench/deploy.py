@@ -211,8 +211,13 @@ class Deployment:
         return "\n".join(f"--- {s.role}:{s.port} ({s.log})\n{s.tail()}" for s in self.services)
 
 
+# passed on from the bench's own environment: stage timestamps (roomcast.shared.bus.trace),
+# reported per stage when set
+PASSED_ON = ("ROOMCAST_TRACE_STAGES",)
+
+
 def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
+    return {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_") or k in PASSED_ON}
 
 
 class RoomcastDeployment(Deployment):

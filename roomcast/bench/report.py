@@ -57,6 +57,16 @@ def rows(result: Mapping[str, Any]) -> list[tuple[str, list[str], str]]:
                 p50, p99 = block.get("p50"), block.get("p99")
                 cells.append("-" if p50 is None else f"≤{p50:g} / ≤{p99:g}" if p99 else f"≤{p50:g}")
             add("gateway publish→queued p50/p99 (ms)", cells)
+        stages: list[str] = []
+        for n in names:
+            stages += [s for s in systems[n].get("gateway_stages_ms") or {} if s not in stages]
+        for stage in stages:
+            cells = []
+            for n in names:
+                block = (systems[n].get("gateway_stages_ms") or {}).get(stage) or {}
+                p50, p99 = block.get("p50"), block.get("p99")
+                cells.append("-" if p50 is None else f"≤{p50:g} / ≤{p99:g}" if p99 else f"≤{p50:g}")
+            add(f"stage {stage} p50/p99 (ms)", cells)
         add("undelivered", each("undelivered"))
         add("server CPU µs / delivery", each("server_cpu_us_per_delivery", 2))
     if mode == "joins":

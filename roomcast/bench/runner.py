@@ -42,8 +42,9 @@ from .scenarios import Config, Plan, build_plan, resolve
 from .stats import (
     bucket_percentiles_ms,
     comparison,
-    prometheus_buckets,
+    stage_percentiles_ms,
     summarize_system,
+    summed,
 )
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -302,7 +303,7 @@ class Bench:
             )
             setup_cpu = sum(r.get("setup_cpu_s", 0.0) for r in ready.values())
             settle_s = await self._settle(pool, f"{system}: settling")
-            fanout0 = await self._fanout_buckets(system, deployment)
+            metrics0 = await self._gateway_metrics(system, deployment)
             cpu0, broker0, machine0 = monitor.cpu(), broker.cpu(), _machine_busy()
             t0 = time.monotonic_ns() + 200_000_000
             pool.send("go", t0)
@@ -317,7 +318,7 @@ class Bench:
             )
             cpu1, broker1, machine1 = monitor.cpu(), broker.cpu(), _machine_busy()
             end = monitor.sample()
-            fanout1 = await self._fanout_buckets(system, deployment)
+            metrics1 = await self._gateway_metrics(system, deployment)
         finally:
             await pool.close()
             monitor.stop()
@@ -347,9 +348,14 @@ class Bench:
             "loadgen_setup_cpu_s": round(setup_cpu, 3),
             "settle_s": round(settle_s, 2),
         }
-        if fanout0 is not None and fanout1 is not None:
+        if metrics0 is not None and metrics1 is not None:
             # the gateways' own view: publish to queued on every local socket of the room
-            server["gateway_fanout_ms"] = bucket_percentiles_ms(fanout0, fanout1)
+            fanout0, fanout1 = summed(metrics0, FANOUT_METRIC), summed(metrics1, FANOUT_METRIC)
+            if fanout1:
+                server["gateway_fanout_ms"] = bucket_percentiles_ms(fanout0, fanout1)
+            stages = stage_percentiles_ms(metrics0, metrics1)
+            if stages:  # the gateways ran with ROOMCAST_TRACE_STAGES (roomcast.shared.bus.trace)
+                server["gateway_stages_ms"] = stages
         # CPU the rest of the machine used meanwhile (other users' work shows up here)
         loadgen = sum(float(r.get("cpu_s", 0.0)) for r in workers)
         ours = server["server_cpu_s"] + server["broker_cpu_s"] + loadgen
@@ -371,13 +377,11 @@ class Bench:
                     expected += n * max(0, sizes.get(room, 1) - 1)
         return {"workers": workers, "window": window, "server": server, "expected": expected}
 
-    async def _fanout_buckets(
-        self, system: str, deployment: Deployment
-    ) -> dict[float, float] | None:
-        """roomcast gateways' `roomcast_gateway_fanout_seconds` buckets, summed (or None)."""
+    async def _gateway_metrics(self, system: str, deployment: Deployment) -> list[str] | None:
+        """Each roomcast gateway's /metrics text (or None)."""
         if system != "roomcast":
             return None
-        total: dict[float, float] = {}
+        texts: list[str] = []
         for url in deployment.urls:
             parts = urlsplit(url)
             if parts.hostname is None or parts.port is None:
@@ -385,9 +389,8 @@ class Bench:
             text = await http_get(parts.hostname, parts.port, "/metrics")
             if text is None:
                 return None
-            for bound, n in prometheus_buckets(text, FANOUT_METRIC).items():
-                total[bound] = total.get(bound, 0.0) + n
-        return total or None
+            texts.append(text)
+        return texts
 
     async def _settle(self, pool: WorkerPool, label: str, limit: float = SETTLE_LIMIT) -> float:
         """Wait until the clients have received nothing for `SETTLE_QUIET` seconds (what the

@@ -324,6 +324,64 @@ def prometheus_buckets(text: str, metric: str) -> dict[float, float]:
     return out
 
 
+def prometheus_buckets_by(text: str, metric: str, label: str) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts of a Prometheus histogram per value of `label`:
+    `{value: {le: count}}`."""
+    out: dict[str, dict[float, float]] = {}
+    prefix = f"{metric}_bucket{{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        raw_labels, _, value = line[len(prefix) :].partition("} ")
+        labels = {}
+        for part in raw_labels.split(","):
+            key, _, raw = part.partition("=")
+            labels[key.strip()] = raw.strip().strip('"')
+        le = labels.get("le")
+        if le is None or label not in labels:
+            continue
+        bound = math.inf if le == "+Inf" else float(le)
+        buckets = out.setdefault(labels[label], {})
+        buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    return out
+
+
+def summed(texts: list[str], metric: str) -> dict[float, float]:
+    """A histogram's cumulative buckets summed over several processes' /metrics texts."""
+    total: dict[float, float] = {}
+    for text in texts:
+        for bound, n in prometheus_buckets(text, metric).items():
+            total[bound] = total.get(bound, 0.0) + n
+    return total
+
+
+STAGE_METRIC = "roomcast_stage_seconds"  # roomcast.shared.bus.trace
+STAGE_ORDER = ("handle", "broker", "inbox", "relay", "gateway", "confirm")
+
+
+def stage_percentiles_ms(before: list[str], after: list[str]) -> dict[str, dict[str, float | None]]:
+    """Per stage of `roomcast_stage_seconds` (the gateways' traced stages), p50/p90/p99 in ms
+    between two readings of every gateway's /metrics; empty when nothing was traced."""
+
+    def total(texts: list[str]) -> dict[str, dict[float, float]]:
+        out: dict[str, dict[float, float]] = {}
+        for text in texts:
+            for stage, buckets in prometheus_buckets_by(text, STAGE_METRIC, "stage").items():
+                mine = out.setdefault(stage, {})
+                for bound, n in buckets.items():
+                    mine[bound] = mine.get(bound, 0.0) + n
+        return out
+
+    start, end = total(before), total(after)
+    order = [s for s in STAGE_ORDER if s in end] + sorted(set(end) - set(STAGE_ORDER))
+    out: dict[str, dict[str, float | None]] = {}
+    for stage in order:
+        block = bucket_percentiles_ms(start.get(stage, {}), end[stage])
+        if block["count"]:
+            out[stage] = block
+    return out
+
+
 def bucket_percentiles_ms(
     before: Mapping[float, float], after: Mapping[float, float]
 ) -> dict[str, float | None]:

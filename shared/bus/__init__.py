@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import trace
 from .base import (
     Bus,
     BusError,
@@ -32,4 +33,5 @@ __all__ = [
     "RejectMessage",
     "Subscription",
     "topic_matches",
+    "trace",
 ]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from roomcast.shared import topics
-from roomcast.shared.bus import BusUnavailableError
+from roomcast.shared.bus import BusUnavailableError, trace
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.topics import Header
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 async def handle(
     gw: ChatGateway, conn: Connection, data: ChatData
 ) -> dict[str, object] | Confirming:
+    received = trace.now() if trace.ENABLED else None
     joined(gw, conn, data.room, "writing")
     own(conn, data.username)
     await gw.moderation.refuse_muted(conn, data.room)
@@ -52,7 +53,7 @@ async def handle(
             _check_author(payload, data)
             within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
             seen.origin = conn.id
-            return _publishing(gw, conn, data.room, data.id, seen, payload)
+            return _publishing(gw, conn, data.room, data.id, seen, payload, received)
     within(gw.chat_budget(conn), gw.settings.rate_per_second, "messages")
     message = ChatMessage(
         id=data.id or uuid.uuid4().hex,
@@ -66,7 +67,7 @@ async def handle(
     frame = event_frame("updateChat", payload, room=data.room)
     seen = Seen(uuid.uuid4().hex[:16], frame, relayed=False, origin=conn.id, pending=True)
     gw.recent.remember(data.room, message.id, seen)
-    return _publishing(gw, conn, data.room, message.id, seen, payload)
+    return _publishing(gw, conn, data.room, message.id, seen, payload, received)
 
 
 def _publishing(
@@ -76,34 +77,54 @@ def _publishing(
     message_id: str,
     seen: Seen,
     data: dict[str, object],
+    received: str | None = None,
 ) -> Confirming:
     """Start the publish now (frames are handled in order, so publishes start in order) and let
     the ack wait for its confirm, so the connection's next frame need not (`replies.py`)."""
     confirm = gw.spawn(
-        publish(gw, room, message_id, seen, origin=conn.id, author=conn.session_hash)
+        publish(
+            gw,
+            room,
+            message_id,
+            seen,
+            origin=conn.id,
+            author=conn.session_hash,
+            received=received,
+        )
     )
     return Confirming(confirm, data)
 
 
 async def publish(
-    gw: ChatGateway, room: str, message_id: str, seen: Seen, *, origin: str, author: str | None
+    gw: ChatGateway,
+    room: str,
+    message_id: str,
+    seen: Seen,
+    *,
+    origin: str,
+    author: str | None,
+    received: str | None = None,
 ) -> None:
     """Publish and wait for the broker's confirm. Unconfirmed, the message stays `pending` in
     memory: the room may have it already, so a retry sends this same publication again, which
     the relays (here and elsewhere) drop where it was delivered. `origin` is the sending
-    connection (it does not get its own message back), `author` the identity stored with it."""
+    connection (it does not get its own message back), `author` the identity stored with it;
+    `received`, when stages are traced, when the frame was taken (`bus.trace`)."""
+    headers = {
+        Header.ORIGIN: origin,
+        Header.MESSAGE_ID: message_id,
+        Header.PUBLICATION: seen.publication,
+        Header.SENT_AT: f"{time.time():.6f}",
+        Header.AUTHOR: author or "",
+    }
+    if received is not None:
+        headers[Header.TRACE_RECEIVED] = received
     try:
         async with asyncio.timeout(gw.settings.publish_timeout):
             await gw.bus.publish(
                 topics.room_event(room, "updateChat"),
                 seen.frame.encode(),
-                headers={
-                    Header.ORIGIN: origin,
-                    Header.MESSAGE_ID: message_id,
-                    Header.PUBLICATION: seen.publication,
-                    Header.SENT_AT: f"{time.time():.6f}",
-                    Header.AUTHOR: author or "",
-                },
+                headers=headers,
                 persistent=True,
             )
     except (BusUnavailableError, TimeoutError) as exc:

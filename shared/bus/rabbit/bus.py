@@ -9,17 +9,21 @@ are in its module, the contract they add up to in `..base`. Every failure surfac
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, cast
 
-import aio_pika
-from aio_pika.abc import AbstractRobustConnection, DeliveryMode
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.spec import Basic
 from yarl import URL
 
+from .. import trace
 from ..base import BusUnavailableError, GapHandler, Handler, LossHandler, Message
 from ..inbox import DEFAULT_INBOX_LIMIT
 from .connection import Publisher, open_connection
 from .consumers import RabbitConsumer, open_consumer
 from .rpc import Replies
 from .subscriptions import RabbitSubscription, open_subscription
+
+_TRANSIENT, _PERSISTENT = 1, 2  # AMQP's delivery modes
 
 
 class RabbitBus:
@@ -99,9 +103,21 @@ class RabbitBus:
         persistent: bool = False,
     ) -> None:
         _, publisher = self._open()
-        mode = DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT
-        message = aio_pika.Message(body, headers=dict(headers or {}), delivery_mode=mode)
-        await publisher.publish(message, routing_key)
+        table: dict[str, Any] | None = None
+        published = None
+        if headers:
+            # the caller's dict as it is (nothing here changes it), a copy where it is stamped
+            table = cast(dict[str, Any], headers) if type(headers) is dict else dict(headers)
+            if trace.ENABLED:
+                table = dict(table)
+                published = trace.stamp_published(table)
+        # only what is set: no other property is encoded into the frame
+        properties = Basic.Properties(
+            headers=table, delivery_mode=_PERSISTENT if persistent else _TRANSIENT
+        )
+        await publisher.send(routing_key, body, properties)
+        if published is not None:
+            trace.confirmed(published)
 
     async def subscribe(
         self,

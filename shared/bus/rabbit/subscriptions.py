@@ -31,6 +31,7 @@ from aio_pika.abc import (
     AbstractRobustQueue,
 )
 
+from .. import trace
 from ..base import BusUnavailableError, GapHandler, Handler, LossHandler
 from ..inbox import Inbox
 from .connection import broker_op, close_channel
@@ -64,13 +65,17 @@ class RabbitSubscription:
         self._forget = forget
 
     async def start(self) -> None:
-        await self.queue.consume(self._on_delivery, no_ack=True)
+        on_delivery = self._on_traced_delivery if trace.ENABLED else self._on_delivery
+        await self.queue.consume(on_delivery, no_ack=True)
         self.inbox.start()
         self._channel.close_callbacks.add(self._on_close)
         self._channel.reopen_callbacks.add(self._on_reopen)
 
     async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
         self.inbox.put(to_message(incoming))
+
+    async def _on_traced_delivery(self, incoming: AbstractIncomingMessage) -> None:
+        self.inbox.put(trace.delivered(to_message(incoming)))
 
     def _on_close(self, _channel: Any, _exc: BaseException | None = None) -> None:
         """The channel is gone, and with it the queue: losses may begin here."""
@@ -136,7 +141,7 @@ async def open_subscription(
                 queue_name(bus_name, name), exclusive=True, auto_delete=True
             )
             inbox = Inbox(
-                handler,
+                trace.timed(handler) if trace.ENABLED else handler,
                 name=queue.name,
                 label=name,
                 limit=inbox_limit,
