@@ -3,6 +3,15 @@ it has seen in its room and, when its socket drops, comes back as a page does (P
 same session, `since` that id), retrying with the web client's backoff; and a writer on a
 gateway that stays up, whose acknowledged ids tell what each user should have seen.
 
+Where `since` comes from. A user's `last_id` is the newest id of a view known to have no gap:
+what a join with history (`msgHistory`, then live) gave it. The events a join brings arrive before
+its ack (`msgHistory`, then held live events), so they are kept aside until the ack says whether
+that join had history; those of a join without history (2.2: `[]`, then live events, no no-gap
+guarantee) and the live events after it are *provisional*: not where the next `since` starts
+(that would skip what the missing history held) and not in `seen` (the check counts what the
+server gave on joins that promised no gap), so the recovery's `msgHistory` holding them again is
+no duplicate.
+
 Frames are parsed with orjson; one process drives every client (see reconnect.py)."""
 
 from __future__ import annotations
@@ -42,9 +51,13 @@ class StormClient:
         self.index, self.username, self.room = index, username, room
         self.ws: WSClient | None = None
         self.session: str | None = None
-        self.last_id: str | None = None
-        self.seen: set[str] = set()
+        self.last_id: str | None = None  # the newest id of a gapless view: the next `since`
+        self.seen: set[str] = set()  # ids delivered on joins with history (the checked view)
+        self.provisional: set[str] = set()  # ids seen live after a join without history
         self.duplicates = 0
+        self._anchored = False  # live events extend the gapless view (a join had history)
+        self._join_ref: str | None = None  # the join in flight, whose events wait for its ack
+        self._pending: list[str] = []  # that join's ids (`msgHistory`, held live events)
         self.acked: list[tuple[str, float]] = []  # writer: (id, when acknowledged)
         self.errors: dict[str, int] = {}
         self.lost = asyncio.Event()
@@ -65,18 +78,45 @@ class StormClient:
             frame = orjson.loads(line)
             event = frame.get("event")
             if event == "updateChat" and frame.get("room") == self.room:
-                self._note(frame["data"]["id"])
+                self._live(frame["data"]["id"])
             elif event == "msgHistory" and frame.get("room") == self.room:
                 for message in frame["data"]:
-                    self._note(message["id"])
+                    self._live(message["id"])
                 if self._history is not None and not self._history.done():
                     self._history.set_result(None)
             elif event in ("ack", "error") and frame.get("ref") in self._waiting:
+                if frame["ref"] == self._join_ref:
+                    self._joined(frame)
                 waiter = self._waiting.pop(frame["ref"])
                 if not waiter.done():
                     waiter.set_result(frame)
             elif event == "error":
                 self.error(frame["data"].get("code", "error"))
+
+    def _live(self, message_id: str) -> None:
+        if self._join_ref is not None:
+            self._pending.append(message_id)  # its join's ack says what it is
+        elif self._anchored:
+            self._note(message_id)
+        else:
+            self.provisional.add(message_id)
+
+    def _joined(self, frame: dict[str, Any]) -> None:
+        """The join's answer: with history (and recovered, when it had `since`), its events
+        extend the gapless view; otherwise they and what follows are provisional."""
+        data = frame.get("data")
+        pending, self._pending, self._join_ref = self._pending, [], None
+        self._anchored = (
+            frame["event"] == "ack"
+            and isinstance(data, dict)
+            and data.get("history") is not False
+            and data.get("recovered", True) is True
+        )
+        if self._anchored:
+            for message_id in pending:
+                self._note(message_id)
+        else:
+            self.provisional.update(pending)
 
     def _note(self, message_id: str) -> None:
         if message_id in self.seen:
@@ -103,23 +143,37 @@ class StormClient:
         if self.lost_at is None:  # the first drop is the one measured
             self.lost_at = time.monotonic()
         self.lost.set()
+        self._anchored, self._join_ref, self._pending = False, None, []
         for waiter in self._waiting.values():
             if not waiter.done():
                 waiter.set_exception(ConnectionError("socket closed"))
         self._waiting.clear()
 
-    async def request(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
-        """The ack's data, or `RefusedError` with the error's code."""
+    async def request(
+        self, event: str, data: dict[str, Any], *, join: bool = False
+    ) -> dict[str, Any]:
+        """The ack's data, or `RefusedError` with the error's code (`join`: the events that
+        arrive until its answer belong to this join)."""
         self._refs += 1
         ref = f"{self._refs}"
+        if join:
+            self._join_ref, self._pending = ref, []
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = waiter
         if self.ws is None or not self.ws.send_text(
             orjson.dumps({"event": event, "data": data, "ref": ref}).decode()
         ):
             self._waiting.pop(ref, None)
+            if self._join_ref == ref:
+                self._join_ref = None
             raise ConnectionError("socket closed")
-        frame = await asyncio.wait_for(waiter, JOIN_TIMEOUT)
+        try:
+            frame = await asyncio.wait_for(waiter, JOIN_TIMEOUT)
+        except TimeoutError:
+            self._waiting.pop(ref, None)
+            if self._join_ref == ref:
+                self._joined({"event": "error"})  # unanswered: what it brought is provisional
+            raise
         if frame["event"] == "error":
             raise RefusedError(frame["data"].get("code", "error"))
         result: dict[str, Any] = frame["data"]
@@ -134,7 +188,7 @@ class StormClient:
         if since and self.last_id is not None:
             data["since"] = self.last_id
         self._history = asyncio.get_running_loop().create_future()
-        ack = await self.request("userJoin", data)
+        ack = await self.request("userJoin", data, join=True)
         await asyncio.wait_for(self._history, JOIN_TIMEOUT)
         self.session = ack["session"]
         return ack
