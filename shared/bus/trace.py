@@ -32,7 +32,13 @@ from roomcast.shared.topics import Header
 
 from .base import Handler, Message
 
-ENABLED = os.environ.get("ROOMCAST_TRACE_STAGES", "").strip().lower() in ("1", "true", "yes", "on")
+
+def enabled(raw: str | None) -> bool:
+    """Whether a value of ROOMCAST_TRACE_STAGES turns tracing on."""
+    return (raw or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+ENABLED = enabled(os.environ.get("ROOMCAST_TRACE_STAGES"))
 
 STAGES = ("handle", "broker", "inbox", "relay", "gateway", "confirm")
 

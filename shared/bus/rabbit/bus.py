@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from aio_pika.abc import AbstractRobustConnection
-from aiormq.spec import Basic
+from aiormq import spec
 from yarl import URL
 
 from .. import trace
@@ -112,7 +112,7 @@ class RabbitBus:
                 table = dict(table)
                 published = trace.stamp_published(table)
         # only what is set: no other property is encoded into the frame
-        properties = Basic.Properties(
+        properties = spec.Basic.Properties(
             headers=table, delivery_mode=_PERSISTENT if persistent else _TRANSIENT
         )
         await publisher.send(routing_key, body, properties)

@@ -32,7 +32,7 @@ from aio_pika.abc import (
     AbstractRobustExchange,
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
-from aiormq.spec import Basic
+from aiormq import spec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from ..base import BusUnavailableError
@@ -119,7 +119,7 @@ class Publisher:
             await self.channel.ready()
             await (exchange or self.exchange).publish(message, routing_key, mandatory=False)
 
-    async def send(self, routing_key: str, body: bytes, properties: Basic.Properties) -> None:
+    async def send(self, routing_key: str, body: bytes, properties: spec.Basic.Properties) -> None:
         """Publish to the topic exchange and wait for the confirm, through aiormq directly.
 
         `properties` is sent as given (the caller builds only what it sets); it gets a message

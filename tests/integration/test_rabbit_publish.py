@@ -1,0 +1,110 @@
+"""RabbitBus publishes through aiormq's `basic_publish` with only the properties it sets
+(`Publisher.send`): on the broker a message still has its headers, its delivery mode and an id;
+a publish the broker refuses raises `BusUnavailableError`; and a traced publish
+(`bus.trace`, ROOMCAST_TRACE_STAGES) gets its stages stamped and recorded on the way through a
+real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import REGISTRY
+
+from roomcast.shared.bus import BusUnavailableError, Message, trace
+from roomcast.shared.bus.rabbit import RabbitBus
+from roomcast.shared.topics import Header
+from tests.servers.rabbitmq import machine_broker_url
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[RabbitBus]:
+    exchange = f"test-{uuid.uuid4().hex[:12]}"
+    bus = RabbitBus(machine_broker_url(), exchange=exchange, name=exchange, confirm_timeout=5)
+    await bus.connect()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+        connection = await aio_pika.connect(machine_broker_url())
+        async with connection:
+            channel = await connection.channel()
+            await channel.exchange_delete(exchange)
+
+
+async def test_a_message_arrives_with_its_headers_mode_and_an_id(bus: RabbitBus) -> None:
+    got: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    connection = await aio_pika.connect(machine_broker_url())
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(bus.exchange_name, "room.#")
+        await queue.consume(got.put, no_ack=True)
+        headers = {"origin": "c1", "id": "m1"}
+        await bus.publish("room.a.updateChat", b"one", headers=headers, persistent=True)
+        await bus.publish("room.a.typing", b"two")
+        first = await asyncio.wait_for(got.get(), 5)
+        second = await asyncio.wait_for(got.get(), 5)
+    assert headers == {"origin": "c1", "id": "m1"}  # the caller's dict is not changed
+    assert (first.body, first.routing_key) == (b"one", "room.a.updateChat")
+    assert first.headers == headers
+    assert first.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert (second.body, second.headers) == (b"two", {})
+    assert second.delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
+    assert first.message_id and second.message_id and first.message_id != second.message_id
+    assert first.correlation_id is None and first.reply_to is None  # nothing else is set
+
+
+async def test_a_publish_the_broker_refuses_raises_unavailable(bus: RabbitBus) -> None:
+    connection = await aio_pika.connect(machine_broker_url())
+    async with connection:
+        channel = await connection.channel()
+        await channel.exchange_delete(bus.exchange_name)
+    with pytest.raises(BusUnavailableError):  # 404: the broker closes the publishing channel
+        await bus.publish("room.a.updateChat", b"lost", persistent=True)
+
+
+async def test_a_traced_publish_records_every_stage_through_the_broker(
+    bus: RabbitBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trace, "ENABLED", True)
+
+    def count(stage: str) -> float:
+        labels = {"stage": stage}
+        return REGISTRY.get_sample_value("roomcast_stage_seconds_count", labels) or 0.0
+
+    got: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def handler(message: Message) -> None:
+        await got.put(message)
+
+    sub = await bus.subscribe(handler, name="traced")
+    await sub.bind("room.t.*")
+    before = {stage: count(stage) for stage in trace.STAGES}
+    received = trace.now()
+    await bus.publish("room.t.updateChat", b"x", headers={Header.TRACE_RECEIVED: received})
+    message = await asyncio.wait_for(got.get(), 5)
+    stamps = [
+        int(message.headers[h])
+        for h in (Header.TRACE_RECEIVED, Header.TRACE_PUBLISHED, Header.TRACE_DELIVERED)
+    ]
+    assert stamps == sorted(stamps)
+    assert stamps[0] == int(received)
+    await sub.close()  # (the stages were recorded as the handler returned, before got.get())
+    assert {stage: count(stage) - before[stage] for stage in trace.STAGES} == dict.fromkeys(
+        trace.STAGES, 1.0
+    )
+    plain = await bus.subscribe(handler, name="plain")
+    await plain.bind("room.t.*")
+    await bus.publish("room.t.updateChat", b"plain")  # untraced on a traced bus: no stages
+    untraced = await asyncio.wait_for(got.get(), 5)
+    assert Header.TRACE_PUBLISHED not in untraced.headers
+    await plain.close()
+    assert count("confirm") == before["confirm"] + 1
