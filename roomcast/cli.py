@@ -110,7 +110,9 @@ def webhooks(host: str, port: int) -> None:
 @cli.command()
 @click.argument(
     "scenario",
-    type=click.Choice(["fanout", "chatty", "join-storm", "idle", "chaos", "reconnect-storm"]),
+    type=click.Choice(
+        ["fanout", "chatty", "join-storm", "idle", "chaos", "reconnect-storm", "goals"]
+    ),
 )
 @click.option("--vs", type=click.Choice(["socketio"]), help="Also run the python-socketio peer.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")
@@ -162,7 +164,8 @@ def webhooks(host: str, port: int) -> None:
 )
 def bench(scenario: str, **options: Any) -> None:
     """Measure fan-out, latency, joins and memory (docs/performance.md), or chat through
-    faults and audit what was lost (`chaos`, docs/reliability.md)."""
+    faults and audit what was lost (`chaos`, docs/reliability.md); `goals` runs issue 11's
+    four targets and judges each."""
     from roomcast.bench import INSTALL_HINT, missing_dependencies
 
     missing = missing_dependencies()
@@ -173,10 +176,11 @@ def bench(scenario: str, **options: Any) -> None:
             err=True,
         )
         sys.exit(1)
+    from roomcast.bench import goals
     from roomcast.bench.runner import BenchError, Options, run
 
     try:
-        run(Options(scenario=scenario, **options))
+        (goals.run if scenario == "goals" else run)(Options(scenario=scenario, **options))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except BenchError as exc:
