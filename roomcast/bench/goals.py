@@ -103,7 +103,7 @@ def cpu_per_delivery(system: Mapping[str, Any], roles: tuple[str, ...] | None = 
         return float(all_us)
     delivered = 1e6 * system["server_cpu_s"] / all_us
     by_role = system.get("server_cpu_by_role_s") or {}
-    return 1e6 * sum(by_role.get(r, 0.0) for r in roles) / delivered
+    return float(1e6 * sum(by_role.get(r, 0.0) for r in roles) / delivered)
 
 
 def judge_fanout(run: Mapping[str, Any]) -> Verdict:
