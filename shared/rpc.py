@@ -40,6 +40,25 @@ class JoinRequest(Wire):
     session_hash: str
 
 
+MAX_JOIN_BATCH = 128  # joins in one `presence.joins` request at most
+BATCHES = "batches"  # in a single join's result: this presence takes `presence.joins` too
+
+
+class BatchedJoin(JoinRequest):
+    """One join of a `JoinBatch`, with its own caller's deadline (wall-clock seconds)."""
+
+    deadline: float
+
+
+class JoinBatch(Wire):
+    """`presence.joins`: the joins one gateway issued within a tick, or while its previous
+    batch was in flight. Presence judges them in order, as that many `join` requests, and
+    answers once: a list with one entry per join, each `{"result": ...}` as a `join` would
+    get, or `{"error": ...}` with that join's own code (see `outcomes`)."""
+
+    joins: list[BatchedJoin] = Field(min_length=1, max_length=MAX_JOIN_BATCH)
+
+
 class LeaveRequest(Wire):
     gateway: str
     conn: str
@@ -180,6 +199,33 @@ def result(value: BaseModel | dict[str, Any] | None = None) -> bytes:
 
 def refusal(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+def outcome_of(error: ProtocolError | None, value: Any = None) -> dict[str, Any]:
+    """One entry of a batched reply: a result, or a refusal (`outcomes` reads them back)."""
+    if error is None:
+        return {"result": value}
+    return {"error": {"code": error.code, "message": error.message}}
+
+
+def outcomes(raw: bytes, count: int) -> list[Any]:
+    """The entries of a batched reply, each a result or the `ProtocolError` it carries; a
+    refusal of the whole batch, or a reply of the wrong length, raises `ProtocolError`."""
+    reply = orjson.loads(raw)
+    if "error" in reply:
+        error = reply["error"]
+        raise ProtocolError.from_wire(error.get("code"), error.get("message"))
+    entries = reply.get("result")
+    if not isinstance(entries, list) or len(entries) != count:
+        raise ProtocolError("internal", f"a batched reply of {count} entries expected")
+    answers: list[Any] = []
+    for entry in entries:
+        error = entry.get("error") if isinstance(entry, dict) else None
+        if error is not None:
+            answers.append(ProtocolError.from_wire(error.get("code"), error.get("message")))
+        else:
+            answers.append(entry.get("result") if isinstance(entry, dict) else None)
+    return answers
 
 
 DEADLINE_HEADER = "deadline"

@@ -28,8 +28,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 import structlog
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from roomcast.shared import rpc, topics
 from roomcast.shared.auth import is_subject_key
@@ -54,13 +55,19 @@ T = TypeVar("T")
 
 OPS = Counter("roomcast_presence_ops_total", "Presence requests handled", ["op", "outcome"])
 USERS = Gauge("roomcast_presence_connections", "Connections presence knows of")
+BATCH_SIZES = Histogram(
+    "roomcast_presence_join_batch_size",
+    "Joins per `presence.joins` request",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 PRIVATE_CACHE_CAP = 10_000
 PURGE_EVERY = 60.0  # seconds between purges of ended name reservations
 EXPIRY_MARGIN = 0.05  # seconds: a reply due later than the deadline minus this is not awaited
 # requests whose only effect is their answer (a join that is never answered is undone by its
 # gateway); departures are never dropped: they correct the state whoever waits for them
-DROPPABLE = frozenset({"join", "invite", "users", "moderation", "moderate"})
+DROPPABLE = frozenset({"join", "joins", "invite", "users", "moderation", "moderate"})
+GAVE_UP = rpc.RemoteError("unavailable", "presence did not get to the join before its deadline")
 
 
 class PresenceService:
@@ -114,7 +121,7 @@ class PresenceService:
         if self.webhooks is not None:
             self._tasks.append(supervised("presence-webhooks", self.webhooks.run))
             self.webhooks.outbox.on_round = self._tasks[-1].ran_well
-        self._handlers = {  # and "join", which `_handle` starts before taking the lock
+        self._handlers = {  # and "join", "joins", which `_handle` starts before the lock
             "leave": self._leave,
             "disconnect": self._disconnect,
             "invite": self._invite,
@@ -142,6 +149,7 @@ class PresenceService:
         for task in reversed(self._tasks):
             await task.stop()
         self.announcer.fail_pending()
+        self.names.stop()
 
     def ready(self) -> bool:
         """For /readyz: every background task is running and not failing over and over."""
@@ -152,7 +160,7 @@ class PresenceService:
 
     async def _handle(self, message: Message) -> None:
         op = message.routing_key.rpartition(".")[2]
-        if op != "join" and op not in self._handlers:
+        if op not in ("join", "joins") and op not in self._handlers:
             raise RejectMessage(f"unknown presence op {op!r}")
         now = self._clock()
         expiry = self._settings.gateway_expiry
@@ -163,11 +171,14 @@ class PresenceService:
         self._last_delivery = now
         if self._expired(op, message):
             return
+        if op == "joins":
+            await self._joins(message)
+            return
         work: Callable[[], Awaitable[bytes | None]]
         if op == "join":  # decoded before the lock, so that its store reads start now
             req = rpc.decode(rpc.JoinRequest, message)
             self._read_ahead(req)
-            work = functools.partial(self._join, req)
+            work = functools.partial(self._join_one, req)
         else:
             work = functools.partial(self._handlers[op], message)
         async with self._lock:
@@ -183,16 +194,59 @@ class PresenceService:
                 OPS.labels(op, "ok").inc()
             USERS.set(len(self.state.conns))
             announced = self._announced
-        if announced is not None:
-            # a joiner's snapshot must follow every event announced before it (announcer.py);
-            # a dead announcer must not hang the reply, though
-            try:
-                async with asyncio.timeout(self._settings.request_timeout):
-                    await asyncio.shield(announced)
-            except TimeoutError:
-                log.warning("presence events late; join answered without waiting", op=op)
+        await self._published(announced, op)
         if reply is not None:
             await self._bus.reply(message, reply)
+
+    async def _joins(self, message: Message) -> None:
+        """`presence.joins` (rpc.JoinBatch): each join judged in order as a `join` would be,
+        under one acquisition of the lock, answered with one reply once the events before the
+        last snapshot are published. A join whose own deadline passed is skipped."""
+        batch = rpc.decode(rpc.JoinBatch, message)
+        BATCH_SIZES.observe(len(batch.joins))
+        for req in batch.joins:
+            if not self._gave_up(req):
+                self._read_ahead(req)
+        entries: list[dict[str, Any]] = []
+        announced: asyncio.Future[Any] | None = None
+        judged = 0
+        async with self._lock:
+            for req in batch.joins:
+                if self._gave_up(req):
+                    OPS.labels("join", "expired").inc()
+                    entries.append(rpc.outcome_of(GAVE_UP))
+                    continue
+                judged += 1
+                self._announced = None
+                try:
+                    admission = await self._join(req)
+                except rpc.RemoteError as exc:
+                    OPS.labels("join", exc.code).inc()
+                    entries.append(rpc.outcome_of(exc))
+                else:
+                    OPS.labels("join", "ok").inc()
+                    entries.append(rpc.outcome_of(None, admission))
+                # batches are published in order: the last one covers those before it
+                announced = self._announced or announced
+            USERS.set(len(self.state.conns))
+        if not judged:
+            return  # nobody waits for any of them
+        await self._published(announced, "joins")
+        await self._bus.reply(message, orjson.dumps({"result": entries}))
+
+    def _gave_up(self, req: rpc.BatchedJoin) -> bool:
+        return self._deadlines() + EXPIRY_MARGIN >= req.deadline
+
+    async def _published(self, announced: asyncio.Future[Any] | None, op: str) -> None:
+        """Wait until the events a reply's snapshots follow are published (announcer.py); a
+        dead announcer must not hang the reply, though."""
+        if announced is None:
+            return
+        try:
+            async with asyncio.timeout(self._settings.request_timeout):
+                await asyncio.shield(announced)
+        except TimeoutError:
+            log.warning("presence events late; join answered without waiting", op=op)
 
     def _expired(self, op: str, message: Message) -> bool:
         if op not in DROPPABLE or not rpc.expired(message, EXPIRY_MARGIN, self._deadlines):
@@ -211,7 +265,12 @@ class PresenceService:
             self.names.prefetch(key)
 
     # requests ------------------------------------------------------------------------------
-    async def _join(self, req: rpc.JoinRequest) -> bytes:
+    async def _join_one(self, req: rpc.JoinRequest) -> bytes:
+        """`presence.join`, from a gateway that sends joins one at a time (an older one, or a
+        newer one until it learns from this reply that batches are taken)."""
+        return rpc.result({**await self._join(req), rpc.BATCHES: True})
+
+    async def _join(self, req: rpc.JoinRequest) -> dict[str, Any]:
         now = self._clock()
         self.state.touch(req.gateway, now)
         key = username_key(req.username)
@@ -239,13 +298,11 @@ class PresenceService:
             req.gateway, req.conn, req.username, req.session_hash, req.room, now
         )
         self._announced = self._apply(changes, barrier=True)
-        return rpc.result(
-            {
-                "users": self.state.users(req.room),
-                "private": private is not None,
-                "moderation": moderation.model_dump(mode="json"),
-            }
-        )
+        return {
+            "users": self.state.users(req.room),
+            "private": private is not None,
+            "moderation": moderation.model_dump(mode="json"),
+        }
 
     async def _leave(self, message: Message) -> bytes:
         req = rpc.decode(rpc.LeaveRequest, message)
@@ -367,7 +424,7 @@ class PresenceService:
 
     def _forget_caches(self) -> None:
         self._private.clear()
-        self.names.forget_cache()
+        self.names.take_over()
         self.moderation.forget_cache()
 
     async def _store(self, op: Awaitable[T]) -> T:
@@ -399,4 +456,5 @@ class PresenceService:
                 purged_at = self._clock()
                 with contextlib.suppress(StoreUnavailableError):
                     await self.names.purge()
+                self.names.refresh()
             self._tasks[2].ran_well()

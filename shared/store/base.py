@@ -41,6 +41,35 @@ class ReadState(NamedTuple):
     unread: int
 
 
+class Inserted(NamedTuple):
+    """What `insert_new` did: each input as stored, and whether this call stored it (False: a
+    repeat of a message stored earlier, or earlier in the same list)."""
+
+    messages: list[ChatMessage]
+    fresh: list[bool]
+
+
+class TailEntry(NamedTuple):
+    """What a read count needs of a stored message: its stored order and whether it counts."""
+
+    seq: int
+    id: str
+    username: str
+    deleted: bool
+
+
+class ReadTail(NamedTuple):
+    """A room's read markers and its newest messages, what history's read index is loaded from.
+
+    `markers`: reader -> (seq, id) of its marker. `messages`: the newest, oldest first.
+    `floor`: the seq of the newest message *not* in `messages`, None when they are the whole
+    room; a marker above it has every message after it in `messages`."""
+
+    markers: dict[str, tuple[int, str]]
+    messages: list[TailEntry]
+    floor: int | None
+
+
 class MessageStore(Protocol):
     """Messages of every room, in the order they were stored, unique on (room, id).
 
@@ -75,6 +104,12 @@ class MessageStore(Protocol):
         Returns, for each input in order, the message as stored (with its rev): the earlier one,
         unchanged, for a repeat.
         """
+
+    async def insert_new(
+        self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
+    ) -> Inserted:
+        """`insert_many`, also saying which inputs this call stored: what history's read index
+        counts (a repeat must not be counted twice)."""
 
     async def get(self, room: str, message_id: str) -> ChatMessage | None: ...
 
@@ -140,6 +175,10 @@ class MessageStore(Protocol):
     async def read_state(self, room: str, reader: str, username: str | None) -> ReadState:
         """The reader's marker and the count of messages after it (all of the room without a
         marker) by users other than `username`, not deleted, at most `UNREAD_CAP`."""
+
+    async def read_tail(self, room: str, limit: int) -> ReadTail:
+        """Every marker of the room and its newest `limit` messages (`ReadTail`), in a few
+        reads: enough to answer its readers' read states without asking again."""
 
 
 # What both stores judge alike: pure functions of the stored message ---------------------------
@@ -276,6 +315,11 @@ class RoomStore(Protocol):
 
     async def get_reservation(self, key: str, now: float) -> NameReservation | None:
         """The reservation of `key` still in force at `now`, if any."""
+
+    async def reservations(self, now: float, limit: int) -> list[NameReservation]:
+        """The reservations in force at `now`, at most `limit` of them, in one query: what a
+        presence replica loads when it becomes active, so a fresh name needs no read (a
+        result of `limit` entries may lack some)."""
 
     async def purge_reservations(self, now: float) -> int:
         """Forget the reservations that ended before `now`; returns how many."""

@@ -7,6 +7,7 @@ Nothing here survives the process.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,11 +17,14 @@ from roomcast.shared.moderation import RoomModeration, RoomOwner, Sanction, Sanc
 from .base import (
     MAX_DISTINCT_REACTIONS,
     UNREAD_CAP,
+    Inserted,
     NameReservation,
     PrivateRoom,
     ReadState,
+    ReadTail,
     RoomMember,
     StoreUnavailableError,
+    TailEntry,
     deleted,
     edited,
     lifted,
@@ -74,19 +78,27 @@ class InMemoryMessageStore:
     async def insert_many(
         self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
     ) -> list[ChatMessage]:
+        return (await self.insert_new(messages, authors)).messages
+
+    async def insert_new(
+        self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
+    ) -> Inserted:
         self._check()
-        stored = []
+        stored: list[ChatMessage] = []
+        new: list[bool] = []
         for i, message in enumerate(messages):
             key = (message.room, message.id)
             if key in self._index:
                 stored.append(self._rooms[message.room][self._index[key]].message)
+                new.append(False)
                 continue
             room = self._rooms.setdefault(message.room, [])
             fresh = message.model_copy(update={"rev": self._take_rev(message.room, message.rev)})
             self._index[key] = len(room)
             room.append(_Entry(fresh, authors[i] if authors is not None else None))
             stored.append(fresh)
-        return stored
+            new.append(True)
+        return Inserted(stored, new)
 
     async def get(self, room: str, message_id: str) -> ChatMessage | None:
         self._check()
@@ -224,6 +236,22 @@ class InMemoryMessageStore:
         last_read = None if marker is None else entries[marker].message.id
         return ReadState(last_read, unread)
 
+    async def read_tail(self, room: str, limit: int) -> ReadTail:
+        """A message's list position is its seq."""
+        self._check()
+        entries = self._rooms.get(room, [])
+        start = max(0, len(entries) - max(0, limit))
+        tail = [
+            TailEntry(seq, e.message.id, e.message.username, bool(e.message.deleted))
+            for seq, e in enumerate(entries[start:], start)
+        ]
+        markers = {
+            reader: (position, entries[position].message.id)
+            for (marked_room, reader), position in self._markers.items()
+            if marked_room == room
+        }
+        return ReadTail(markers, tail, start - 1 if start > 0 else None)
+
 
 class InMemoryRoomStore:
     def __init__(self) -> None:
@@ -252,6 +280,10 @@ class InMemoryRoomStore:
     async def get_reservation(self, key: str, now: float) -> NameReservation | None:
         found = self._names.get(key)
         return found if found is not None and found.holds(now) else None
+
+    async def reservations(self, now: float, limit: int) -> list[NameReservation]:
+        held = (r for r in self._names.values() if r.holds(now))
+        return list(itertools.islice(held, max(limit, 0)))
 
     async def purge_reservations(self, now: float) -> int:
         ended = [key for key, r in self._names.items() if not r.holds(now)]

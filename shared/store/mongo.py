@@ -53,12 +53,15 @@ from ..moderation import RoomModeration, RoomOwner, Sanction, SanctionKind
 from .base import (
     MAX_DISTINCT_REACTIONS,
     UNREAD_CAP,
+    Inserted,
     NameReservation,
     PrivateRoom,
     ReadState,
+    ReadTail,
     RoomMember,
     StoreError,
     StoreUnavailableError,
+    TailEntry,
     deleted,
     edited,
     lifted,
@@ -84,6 +87,7 @@ MARKERS = "markers"
 
 _DUPLICATE_KEY = 11000
 _MESSAGE_FIELDS: Document = {"_id": 0, "seq": 0, "author": 0}  # the rest is the ChatMessage
+_TAIL_FIELDS: Document = {"_id": 0, "seq": 1, "id": 1, "username": 1, "deleted": 1}
 _CHANGING = ("body", "rev", "edited", "deleted", "reactions")  # what a change may rewrite
 # Concurrent upserts of one new `_id` race: on MongoDB the loser may get a duplicate-key error;
 # on SecantusDB (0.7.0b3) it may get `None` from `find_one_and_update(..., upsert=True,
@@ -231,8 +235,15 @@ class MongoMessageStore(_MongoStore):
         first, so they take no rev; one that only the insert finds (a racing second writer)
         has taken one: a gap, harmless.
         """
+        return (await self.insert_new(messages, authors)).messages
+
+    async def insert_new(
+        self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
+    ) -> Inserted:
+        """`insert_many`; an input is fresh when it is the first of its key in the list and
+        neither the lookup nor the insert found it stored."""
         if not messages:
-            return []
+            return Inserted([], [])
         firsts: dict[tuple[str, str], ChatMessage] = {}
         author_of: dict[tuple[str, str], str | None] = {}
         for i, message in enumerate(messages):
@@ -244,7 +255,7 @@ class MongoMessageStore(_MongoStore):
         new_keys = [key for key in firsts if key not in known]
         firsts.update(known)
         if not new_keys:
-            return [firsts[(m.room, m.id)] for m in messages]
+            return Inserted([firsts[(m.room, m.id)] for m in messages], [False] * len(messages))
         revs = await self._take_revs([(room, firsts[(room, i)].rev) for room, i in new_keys])
         for key, rev in zip(new_keys, revs, strict=True):
             firsts[key] = firsts[key].model_copy(update={"rev": rev})
@@ -271,7 +282,9 @@ class MongoMessageStore(_MongoStore):
             if missing:
                 raise StoreError(f"duplicate key reported for {len(missing)} unstored message(s)")
             firsts.update(stored)
-        return [firsts[(m.room, m.id)] for m in messages]
+        return Inserted(
+            [firsts[(m.room, m.id)] for m in messages], _fresh(messages, new_keys, duplicates)
+        )
 
     async def _reserve_seq(self, count: int) -> int:
         """Reserve `count` numbers; returns the last one (the block ends there).
@@ -516,6 +529,31 @@ class MongoMessageStore(_MongoStore):
         )
         return ReadState(None if marker is None else str(marker["id"]), int(unread))
 
+    async def read_tail(self, room: str, limit: int) -> ReadTail:
+        """Two reads: the room's markers, and its newest `limit` + 1 messages (by `(room, seq)`,
+        only the fields a count needs); the one beyond `limit`, if any, gives the floor."""
+        markers = await self._call(
+            "read_tail markers",
+            self._markers.find(
+                {"room": room}, {"_id": 0, "reader": 1, "seq": 1, "id": 1}
+            ).to_list(),
+        )
+        docs = await self._call(
+            "read_tail messages",
+            self._messages.find({"room": room}, _TAIL_FIELDS)
+            .sort("seq", DESCENDING)
+            .limit(max(0, limit) + 1)
+            .to_list(),
+        )
+        floor = int(docs[limit]["seq"]) if len(docs) > limit else None
+        tail = [
+            TailEntry(int(d["seq"]), str(d["id"]), str(d["username"]), d.get("deleted") is True)
+            for d in reversed(docs[:limit])
+        ]
+        return ReadTail(
+            {str(m["reader"]): (int(m["seq"]), str(m["id"])) for m in markers}, tail, floor
+        )
+
 
 class MongoRoomStore(_MongoStore):
     """`RoomStore` on MongoDB: private rooms and their two members (session hashes only)."""
@@ -547,14 +585,13 @@ class MongoRoomStore(_MongoStore):
         doc = await self._call(
             "get_reservation", self._names.find_one({"_id": key, "expires": {"$gt": now}})
         )
-        if doc is None:
-            return None
-        return NameReservation(
-            key=str(doc["_id"]),
-            username=str(doc["username"]),
-            session_hash=str(doc["session_hash"]),
-            expires=float(doc["expires"]),
-        )
+        return None if doc is None else _reservation(doc)
+
+    async def reservations(self, now: float, limit: int) -> list[NameReservation]:
+        if limit <= 0:
+            return []  # MongoDB reads a limit of 0 as none at all
+        cursor = self._names.find({"expires": {"$gt": now}}, {"expires_at": 0}).limit(limit)
+        return [_reservation(doc) for doc in await self._call("reservations", cursor.to_list())]
 
     async def purge_reservations(self, now: float) -> int:
         result = await self._call(
@@ -664,6 +701,19 @@ async def server_pid(url: str, seconds: float) -> int | None:
     return pid if isinstance(pid, int) else None
 
 
+def _fresh(
+    messages: list[ChatMessage], new_keys: list[tuple[str, str]], lost: list[tuple[str, str]]
+) -> list[bool]:
+    """Which inputs this call stored: the first of each new key, unless the insert found it."""
+    stored = set(new_keys) - set(lost)
+    fresh = []
+    for message in messages:
+        key = (message.room, message.id)
+        fresh.append(key in stored)
+        stored.discard(key)
+    return fresh
+
+
 def _document(message: ChatMessage, author: str | None, seq: int) -> Document:
     """A message as stored: its wire fields, its author and its stored order."""
     doc: Document = message.model_dump(exclude_none=True)
@@ -700,6 +750,15 @@ def _change_update(message: ChatMessage) -> Document:
         else:
             sets[name] = _reactions_doc(value) if name == "reactions" else value
     return {"$set": sets, "$unset": unsets} if unsets else {"$set": sets}
+
+
+def _reservation(doc: Document) -> NameReservation:
+    return NameReservation(
+        key=str(doc["_id"]),
+        username=str(doc["username"]),
+        session_hash=str(doc["session_hash"]),
+        expires=float(doc["expires"]),
+    )
 
 
 def _room_from_doc(doc: Document) -> PrivateRoom:

@@ -113,6 +113,31 @@ async def test_purge_forgets_only_ended_reservations(store: RoomStore) -> None:
     assert await store.get_reservation("ann", NOW - 10) is None
 
 
+async def test_the_reservations_in_force_come_in_one_query(store: RoomStore) -> None:
+    """What a presence replica loads when it becomes active (services/presence/reservations.py)."""
+    assert await store.reservations(NOW, 10) == []
+    await store.reserve_name(held("ann", "h1", NOW - 1))  # ended
+    await store.reserve_name(held("bob", "h2", NOW))  # ends now
+    await store.reserve_name(held("cat", "h3", NOW + 1, "Cat"))
+    await store.reserve_name(held("dan", "h4", NOW + 600))
+    await store.reserve_name(held("dan", "h5", NOW + 60))  # replaced: the newest counts
+    found = await store.reservations(NOW, 10)
+    assert sorted(found, key=lambda r: r.key) == [
+        held("cat", "h3", NOW + 1, "Cat"),
+        held("dan", "h5", NOW + 60),
+    ]
+    assert await store.reservations(NOW + 1, 10) == [held("dan", "h5", NOW + 60)]
+
+
+async def test_the_reservations_in_force_stop_at_the_limit(store: RoomStore) -> None:
+    for n in range(5):
+        await store.reserve_name(held(f"user{n}", f"h{n}", NOW + 600))
+    some = await store.reservations(NOW, 3)
+    assert len(some) == 3 and {r.key for r in some} <= {f"user{n}" for n in range(5)}
+    assert len(await store.reservations(NOW, 6)) == 5
+    assert await store.reservations(NOW, 0) == []
+
+
 @pytest.mark.integration
 async def test_reservations_outlive_the_store_client(
     secantus: SecantusServer, db_name: str
