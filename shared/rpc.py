@@ -118,15 +118,16 @@ class GatewayGone(Wire):
 # history.<room> ------------------------------------------------------------------------------
 class HistoryQuery(Wire):
     """`recent`: the newest `limit`; `since`: after an id (recovery); `before`: a page back;
-    `lookup`: the stored message with id `id`, if any (judging a client's id)."""
+    `lookup`: the stored message with id `id`, if any (judging a client's id); `read_state`:
+    no messages, only the `reader`'s read state (a join whose history the gateway has)."""
 
-    op: Literal["recent", "since", "since_rev", "before", "lookup"]
+    op: Literal["recent", "since", "since_rev", "before", "lookup", "read_state"]
     limit: int
     since: str | None = None
     since_rev: int | None = None
     before: str | None = None
     id: str | None = None
-    reader: str | None = None  # with recent/since/since_rev: also this reader's read state
+    reader: str | None = None  # with recent/since/since_rev/read_state: its read state
     username: str | None = None  # the reader's username (its own messages are never unread)
 
 

@@ -1,8 +1,8 @@
 """Where a join's `msgHistory` and read state come from: the room cache or the history service.
 
 A join into a room this gateway already serves takes `msgHistory` from `RoomCache` (no gap:
-see there) and asks history only for the reader's `lastRead`/`unread` (one message, no page of
-50), concurrently with presence. The trade: `msgHistory` still waits for that small answer, as
+see there) and asks history only for the reader's `lastRead`/`unread` (`read_state`: no
+messages; history answers it from memory), concurrently with presence. The trade: `msgHistory` still waits for that small answer, as
 PROTOCOL.md 2.2 says a join that history does not answer gets `[]` and `"history": false`, and
 the ack's read state exists only in history; asked together with presence, it is mostly there
 by the time presence answers. Otherwise history is asked for both in one read, as before, and a
@@ -98,7 +98,7 @@ async def _ask(
     history cannot answer (the join goes on without)."""
     try:
         if data is None:
-            return await gw.history.recent(room, 1, reader=reader, username=username)
+            return await gw.history.read_state(room, reader, username)
         if data.since_rev is not None:
             return await gw.history.since_rev(room, data.since_rev, reader, username)
         if data.since is not None:

@@ -2,7 +2,7 @@
 
 Every read returns messages in their current state (tombstones included, so pages keep their
 places). `recent`, `since` and `since_rev` also carry a reader's read state when the query
-names the reader.
+names the reader; `read_state` carries only that.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from roomcast.shared.store.base import MessageStore
 
 Read = Callable[[MessageStore, Settings, str, rpc.HistoryQuery, int], Awaitable[rpc.HistoryReply]]
 
-WITH_READ_STATE = frozenset({"recent", "since", "since_rev"})
+WITH_READ_STATE = frozenset({"recent", "since", "since_rev", "read_state"})
 
 
 async def _recent(
@@ -70,12 +70,20 @@ async def _lookup(
     return rpc.HistoryReply(messages=[found] if found is not None else [])
 
 
+async def _read_state(
+    store: MessageStore, settings: Settings, room: str, query: rpc.HistoryQuery, limit: int
+) -> rpc.HistoryReply:
+    """No messages: the read state is all that is asked (added below)."""
+    return rpc.HistoryReply(messages=[])
+
+
 READS: dict[str, Read] = {
     "recent": _recent,
     "since": _since,
     "since_rev": _since_rev,
     "before": _before,
     "lookup": _lookup,
+    "read_state": _read_state,
 }
 
 

@@ -11,6 +11,11 @@ also the stores' one writer, which their revs rely on.
 
 Reads are answered in `reads`, changes in `changes`; a store that does not answer refuses them
 `unavailable` and requeues writes.
+
+Read states (`lastRead`/`unread`) come from memory (`ReadIndex`, behind `IndexedStore`), which
+relies on this replica being the one writer: when its broker connection is lost, another
+replica may take over and write, so the index is cleared then (a private subscription of no
+bindings reports the loss), and again when the connection is back.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from roomcast.shared import rpc, topics
-from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage
+from roomcast.shared.bus import Bus, Consumer, Message, RejectMessage, Subscription
 from roomcast.shared.config import Settings
 from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage
@@ -33,6 +38,8 @@ from roomcast.webhooks.emitter import WebhookEmitter
 from roomcast.webhooks.events import message_posted
 
 from . import changes, reads
+from .indexedstore import IndexedStore
+from .readindex import ReadIndex
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +60,10 @@ EXPIRED = Counter(
 )
 
 _RETRY_DELAY = 0.5
+
+
+async def _nothing(message: Message) -> None:
+    """The takeover watch is bound to nothing: only its losses matter."""
 
 
 class WriteBatcher:
@@ -111,12 +122,21 @@ class HistoryService:
         """`webhooks`: where `message.posted` goes, when webhooks are on."""
         self._bus = bus
         self._webhooks = webhooks
-        self._store = store
+        self.index = ReadIndex()
+        self._store = IndexedStore(store, self.index)
         self._settings = settings
-        self._batcher = WriteBatcher(store)
+        self._batcher = WriteBatcher(self._store)
         self._consumer: Consumer | None = None
+        self._watch: Subscription | None = None
 
     async def start(self) -> None:
+        # before the consumer: no delivery may come before a loss could be reported
+        self._watch = await self._bus.subscribe(
+            _nothing,
+            name="history-takeover",
+            on_loss=lambda: self.index.reset("connection_lost"),
+            on_gap=self._reconnected,
+        )
         self._consumer = await self._bus.consume(
             topics.history_queue(self._settings.exchange),
             topics.HISTORY_PATTERNS,
@@ -131,8 +151,15 @@ class HistoryService:
             await self._consumer.close()
         with contextlib.suppress(Exception):
             await self._batcher.drain()
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                await self._watch.close()
+
+    async def _reconnected(self) -> None:
+        self.index.reset("reconnected")
 
     async def _handle(self, message: Message) -> None:
+        self.index.delivered()
         route = topics.parse(message.routing_key)
         if route.kind == "history":
             await self._request(route.name, message)

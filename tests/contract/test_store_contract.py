@@ -17,7 +17,7 @@ import pytest_asyncio
 from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.secantus import SecantusServer
-from roomcast.shared.store.base import UNREAD_CAP, MessageStore, ReadState
+from roomcast.shared.store.base import UNREAD_CAP, Inserted, MessageStore, ReadState, ReadTail
 from roomcast.shared.store.memory import InMemoryMessageStore
 from roomcast.shared.store.mongo import MongoMessageStore
 
@@ -391,6 +391,44 @@ async def test_unread_is_capped(store: MessageStore) -> None:
     assert await store.read_state(ROOM, ANN, "ann") == ReadState("m0003", UNREAD_CAP)
     await store.mark_read(ROOM, ANN, "m0010")
     assert await store.read_state(ROOM, ANN, "ann") == ReadState("m0010", UNREAD_CAP - 6)
+
+
+async def test_insert_new_says_which_it_stored(store: MessageStore) -> None:
+    await put(store, 1, 2)
+    inserted = await store.insert_new([msg(2), msg(3), msg(3), msg(1), msg(4)], [ANN] * 5)
+    assert [m.id for m in inserted.messages] == ["m0002", "m0003", "m0003", "m0001", "m0004"]
+    assert inserted.fresh == [False, True, False, False, True]
+    assert inserted.messages[1] == inserted.messages[2]  # the repeat is the first, as stored
+    again = await store.insert_new([msg(4)])
+    assert again.fresh == [False] and again.messages == [inserted.messages[4]]
+    assert await store.insert_new([]) == Inserted([], [])
+
+
+async def test_read_tail_holds_the_markers_and_the_newest(store: MessageStore) -> None:
+    await put(store, 1, 2, username="bob", author=BOB)
+    await put(store, 3, username="ann", author=ANN)
+    await put(store, 4, username="bob", author=BOB)
+    await store.delete(ROOM, "m0004", author=BOB, username="bob", rev=0)
+    await store.mark_read(ROOM, ANN, "m0002")
+    await store.mark_read(ROOM, CAT, "m0004")
+    whole = await store.read_tail(ROOM, 10)
+    assert whole.floor is None
+    assert [(e.id, e.username, e.deleted) for e in whole.messages] == [
+        ("m0001", "bob", False),
+        ("m0002", "bob", False),
+        ("m0003", "ann", False),
+        ("m0004", "bob", True),
+    ]
+    seqs = [e.seq for e in whole.messages]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    assert whole.markers == {ANN: (seqs[1], "m0002"), CAT: (seqs[3], "m0004")}
+
+    part = await store.read_tail(ROOM, 2)
+    assert [e.id for e in part.messages] == ["m0003", "m0004"]
+    assert part.floor == seqs[1]  # the newest message left out
+    assert part.markers == whole.markers
+    assert (await store.read_tail(ROOM, 0)).messages == []
+    assert await store.read_tail("empty", 5) == ReadTail({}, [], None)
 
 
 # --- after a restart --------------------------------------------------------------------------

@@ -49,6 +49,12 @@ class HistoryClient:
         )
         return await self._ask(room, query)
 
+    async def read_state(self, room: str, reader: str, username: str | None) -> rpc.HistoryReply:
+        """The reader's read state alone (`messages` empty): for a join whose history the
+        gateway has already. History answers it from memory, in queue order like any read."""
+        query = rpc.HistoryQuery(op="read_state", limit=1, reader=reader, username=username)
+        return await self._ask(room, query)
+
     async def since(
         self, room: str, message_id: str, reader: str | None = None, username: str | None = None
     ) -> rpc.HistoryReply:
