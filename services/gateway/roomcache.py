@@ -14,12 +14,22 @@ bus reports the gap over (`resumed()`, from `on_gap`).
 What it answers: the newest `history_default` (when it holds that many, or the whole room), and
 `since` an id it holds. `sinceRev` and anything older go to history. Order is the order this
 gateway received the messages, which is the order its live sockets saw them.
+
+Seeding a cold room once (`warm`). When a gateway dies, its users come back to the others at
+once, about a hundred per room, each with `since`: without a seeded record every one of them
+would ask history for its own page, and history's queue would hold a hundred reads per room.
+Instead the first join of a cold room starts one read of the newest `size` messages, and every
+join that arrives until it is answered waits for that same read (single flight, per room and
+binding); then each takes its `msgHistory` from the record (a `since` it holds: everything
+after it) and asks history only for its own read state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -48,12 +58,53 @@ class Cached:
     recovered: bool | None
 
 
+@dataclass(slots=True)
+class _Flight:
+    """The one seeding read of a room in progress, and the record it may seed."""
+
+    token: int
+    read: asyncio.Future[None]
+
+
+Read = Callable[[int], Awaitable[rpc.HistoryReply]]  # the newest `limit` messages, from history
+
+
 class RoomCache:
     def __init__(self, size: int = _SIZE) -> None:
         self._size = size
         self._rooms: dict[str, _Record] = {}
         self._suspended = False  # deliveries may be lost until the bus reports the gap over
         self._tokens = itertools.count(1)
+        self._flights: dict[str, _Flight] = {}
+
+    # seeding a cold room -------------------------------------------------------------------
+    async def warm(self, room: str, serial: int | None, read: Read) -> bool:
+        """Make sure the room's record is seeded, sharing one history read with every other
+        join that asks meanwhile. Returns whether it is seeded (False: the cache may not be
+        trusted now, or the read's answer came too late to seed it; ask history). Raises what
+        the read raised, to every join that waited for it."""
+        if self.ready(room, serial):
+            return True
+        record = self._rooms.get(room)
+        flight = self._flights.get(room)
+        if flight is None or record is None or flight.token != record.token:
+            token = self.reading(room, serial)
+            if token is None:
+                return False
+            flight = _Flight(token, asyncio.ensure_future(self._seed_by(room, token, read)))
+            flight.read.add_done_callback(_retrieve)  # failed with nobody left waiting: fine
+            self._flights[room] = flight
+        # one joiner giving up (its socket closed) does not cancel the others' read
+        await asyncio.shield(flight.read)
+        return self.ready(room, serial)
+
+    async def _seed_by(self, room: str, token: int, read: Read) -> None:
+        try:
+            self.seed(room, token, await read(self._size), self._size)
+        finally:
+            flight = self._flights.get(room)
+            if flight is not None and flight.token == token:
+                del self._flights[room]
 
     # the join ------------------------------------------------------------------------------
     def answer(
@@ -77,6 +128,11 @@ class RoomCache:
         if len(messages) < limit and not record.whole:
             return None
         return Cached(list(messages.values())[-limit:], recovered=None)
+
+    def ready(self, room: str, serial: int | None) -> bool:
+        """Whether the room's record is seeded for this binding (a join need not warm it)."""
+        record = self._valid(room, serial)
+        return record is not None and record.ready
 
     def reading(self, room: str, serial: int | None) -> int | None:
         """Called before a joiner's history read is published: the token that lets its answer
@@ -157,6 +213,11 @@ class RoomCache:
         while len(record.messages) > self._size:
             record.messages.popitem(last=False)
             record.whole = False
+
+
+def _retrieve(read: asyncio.Future[None]) -> None:
+    if not read.cancelled():
+        read.exception()
 
 
 def _rev(message: dict[str, object]) -> int:

@@ -4,7 +4,11 @@
    member holds them back.
 2. Presence (admission: names, private rooms) and history (the room's messages) are asked
    together; a room this gateway already serves answers `msgHistory` from its cache and asks
-   history only for the read state (`joinhistory.py`). Presence refusing or not answering
+   history only for the read state (`joinhistory.py`). A room it does not serve yet is seeded
+   first by one history read that every join arriving meanwhile shares (`RoomCache.warm`: a
+   reconnect storm brings a hundred joins with `since` into each cold room at once); when that
+   read is not answered, each of those joins goes on without history (2.2), as one that asked
+   alone would. Presence refusing or not answering
    refuses the join (`unavailable` when it is down), and the join leaves no trace. History
    not answering does not: the joiner gets `msgHistory` `[]` and an ack with
    `"history": false` (2.2).
@@ -26,13 +30,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from roomcast.shared import topics
 from roomcast.shared.auth import Identity
 from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.sessions import session_hash
 
 from ..auth import signin
 from ..connection import Connection
-from ..joinhistory import JoinHistory
+from ..joinhistory import JoinHistory, ReadState
 from ..membership import Member
 from ..protocol import JoinData, ProtocolError, event_frame
 from .guards import own, within
@@ -73,11 +78,11 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
             "leave one first",
         )
     member = await gw.membership.enter(conn, room)
-    source = JoinHistory(gw, room, data, hashed, username)
+    sourcing = _history(gw, room, data, hashed, username)
     try:
         admission = await gw.presence.join(conn.id, username, hashed, room)
     except BaseException as exc:
-        await source.cancel()
+        await _drop(sourcing)
         await gw.membership.leave(member)
         if isinstance(exc, BusUnavailableError):
             await gw.presence.forget(conn.id, room)
@@ -90,6 +95,7 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         if identity is not None:
             signin.hold(conn, identity)
         await gw.membership.identify(conn, username)
+    source = await sourcing  # never fails: history's failures are a join without history
     messages = await source.messages()
     conn.push(event_frame("msgHistory", messages, room=room), "msgHistory")
     conn.push(event_frame("activeUsers", admission.users, room=room), "activeUsers")
@@ -109,6 +115,60 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         ack["recovered"] = state.recovered
     member.ack = dict(ack)
     return ack
+
+
+class _Unanswered:
+    """The history of a join whose room's shared seeding read history did not answer: as a
+    join whose own read it did not answer, `msgHistory` `[]` and `"history": false` (2.2)."""
+
+    async def cancel(self) -> None:
+        return None
+
+    async def messages(self) -> list[dict[str, object]]:
+        return []
+
+    async def state(self) -> ReadState:
+        return ReadState(None, 0, False, False)
+
+
+Source = JoinHistory | _Unanswered
+
+
+def _history(
+    gw: ChatGateway, room: str, data: JoinData, reader: str, username: str
+) -> asyncio.Future[Source]:
+    """The join's history, started now (the room is bound): at once from a seeded room cache,
+    else once the room's shared seeding read is answered (`RoomCache.warm`)."""
+    serial = gw.membership.bindings.serial(topics.room_pattern(room))
+    if data.since_rev is not None or gw.room_cache.ready(room, serial):
+        done: asyncio.Future[Source] = asyncio.get_running_loop().create_future()
+        done.set_result(JoinHistory(gw, room, data, reader, username))
+        return done
+    return asyncio.ensure_future(_warmed(gw, room, serial, data, reader, username))
+
+
+async def _warmed(
+    gw: ChatGateway, room: str, serial: int | None, data: JoinData, reader: str, username: str
+) -> Source:
+    try:
+        await gw.room_cache.warm(room, serial, lambda limit: gw.history.recent(room, limit))
+    except BusUnavailableError as exc:
+        log.warning("history unavailable; joined without it", room=room, reason=str(exc))
+        return _Unanswered()
+    except ProtocolError as exc:  # refused, not down: this join asks on its own
+        log.warning("room cache not seeded", room=room, reason=str(exc))
+    return JoinHistory(gw, room, data, reader, username)
+
+
+async def _drop(sourcing: asyncio.Future[Source]) -> None:
+    """Stop the history of a join that failed: the wait for a shared read, or its own read."""
+    if not sourcing.done():
+        sourcing.cancel()
+    try:
+        source = await sourcing
+    except BaseException:  # cancelled, or it failed: nothing started to stop
+        return
+    await source.cancel()
 
 
 def _session_for(gw: ChatGateway, conn: Connection, data: JoinData, username: str) -> str:
