@@ -71,6 +71,21 @@ async def test_a_publish_the_broker_refuses_raises_unavailable(bus: RabbitBus) -
         await bus.publish("room.a.updateChat", b"lost", persistent=True)
 
 
+async def test_publish_waits_for_the_confirm_and_a_nack_raises_unavailable(bus: RabbitBus) -> None:
+    """A queue that refuses what it has no room for makes the broker nack the publish: only a
+    publish that waits for its confirm can know, and it must not pass silently."""
+    connection = await aio_pika.connect(machine_broker_url())
+    async with connection:
+        channel = await connection.channel()
+        full = await channel.declare_queue(
+            exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        await full.bind(bus.exchange_name, "room.full.*")
+        with pytest.raises(BusUnavailableError):
+            await bus.publish("room.full.updateChat", b"no room", persistent=True)
+        await bus.publish("room.other.updateChat", b"fine", persistent=True)  # channel still up
+
+
 async def test_a_traced_publish_records_every_stage_through_the_broker(
     bus: RabbitBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
