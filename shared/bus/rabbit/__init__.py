@@ -10,10 +10,11 @@ channel, so a consumer's prefetch and its close (which requeues what it has not 
 stay its own.
 
 Modules, one role each, each stating its guarantees:
-- `connection`: the first connection retried, every round trip bounded, publishing with confirms;
+- `connection`: the first connection retried, every round trip bounded, publishing with confirms
+  (straight to aiormq's `basic_publish` for the bus's own publishes);
 - `subscriptions`: broadcast, at-most-once, with the gaps reported (`on_gap`);
 - `consumers`: work queues, at-least-once;
-- `rpc`: request/reply, and the one reach-in into aiormq;
+- `rpc`: request/reply, and the one reach-in into aiormq (subscriptions consume through it);
 - `bus`: `RabbitBus`, which puts them together; `messages`: aio-pika's deliveries as `Message`s.
 """
 

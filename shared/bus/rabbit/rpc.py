@@ -13,8 +13,9 @@ Guarantees:
 
 The consumer is started on aiormq's channel under aio-pika's robust one (aio-pika's queue API
 cannot consume a pseudo-queue without declaring it). That reach-in is `underlay_channel`, the
-one function here that depends on aio-pika's internals; tests/unit/test_aio_pika_reach_in.py
-fails loudly when a new aio-pika changes it.
+one function that depends on aio-pika's internals (subscriptions consume through it too, to skip
+aio-pika's per-delivery message object); tests/unit/test_aio_pika_reach_in.py fails loudly when
+a new aio-pika changes it.
 """
 
 from __future__ import annotations
