@@ -3,8 +3,9 @@
 A debug and bench facility, off unless `ROOMCAST_TRACE_STAGES` is set (read once, at import),
 and free when off: nothing is stamped and the subscriptions hand deliveries over untouched.
 When on, the publisher stamps `Header.TRACE_RECEIVED` (the gateway took the client's frame) and
-the bus `Header.TRACE_PUBLISHED` (handed to the broker client); a subscription adds
-`Header.TRACE_DELIVERED` as the broker client hands it a delivery, and its handler is timed.
+the bus `Header.TRACE_PUBLISHED` (handed to the broker client); a RabbitMQ subscription adds
+`Header.TRACE_DELIVERED` as the broker client hands it a delivery, and its handler is timed (the
+in-memory bus has no broker hop to trace).
 Each delivery then adds one observation per stage to `roomcast_stage_seconds{stage}`:
 
 - `handle`: received → published (the gateway's frame handling and the publish task's start);
