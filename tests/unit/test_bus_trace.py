@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from roomcast.bench.stats import stage_percentiles_ms
+from roomcast.bench import deploy, report
+from roomcast.bench.stats import stage_percentiles_ms, summarize_system
 from roomcast.shared.bus import Message, trace
 from roomcast.shared.topics import Header
 from tests.support.chat_client import ChatClient
@@ -178,3 +179,29 @@ def test_bench_stage_percentiles_per_stage_between_two_readings() -> None:
     assert stages["inbox"]["p50"] == 1.0
     assert stages["inbox"]["p99"] == 2.0
     assert stage_percentiles_ms([""], [""]) == {}
+
+
+def test_bench_report_has_a_row_per_traced_stage_and_dashes_where_none() -> None:
+    entry = summarize_system([], window_s=1.0, server={})
+    traced = {**entry, "gateway_stages_ms": {"broker": {"p50": 2.0, "p99": 8.0}}}
+    result = {
+        "params": {"mode": "chat", "scenario": "fanout"},
+        "systems": {"roomcast": traced, "socketio": entry},
+        "ratio": {},
+    }
+    rows = {label: cells for label, cells, _ in report.rows(result)}
+    assert rows["stage broker p50/p99 (ms)"] == ["≤2 / ≤8", "-"]
+    assert not any(
+        label.startswith("stage")
+        for label, _, _ in report.rows({**result, "systems": {"socketio": entry}})
+    )
+
+
+def test_the_bench_passes_the_trace_setting_on_to_roomcast_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROOMCAST_TRACE_STAGES", "1")
+    monkeypatch.setenv("ROOMCAST_SECRET", "from-the-shell")
+    env = deploy._base_env()
+    assert env["ROOMCAST_TRACE_STAGES"] == "1"
+    assert "ROOMCAST_SECRET" not in env
