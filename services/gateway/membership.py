@@ -10,6 +10,7 @@ disagree.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -120,16 +121,46 @@ class Membership:
         if self._forget(member):
             await self.bindings.release(topics.room_pattern(member.room))
 
-    async def identify(self, conn: Connection, username: str) -> None:
-        """Route the user's own events (invitations) to this connection too."""
+    def bind_user(self, username: str) -> asyncio.Future[None]:
+        """Start binding the user's own events now, while its join is being admitted: the broker
+        does binds one at a time, and a storm of joins would otherwise queue for them after
+        presence answered. Nothing reaches a connection before `identify`; hand the binding to
+        it, or to `unbind_user` when the join fails."""
+        return asyncio.ensure_future(self.bindings.hold(topics.user_pattern(username)))
+
+    async def unbind_user(self, binding: asyncio.Future[None], username: str) -> None:
+        """Undo a `bind_user` that no connection took over."""
+        if not binding.done():
+            binding.cancel()
+        try:
+            await binding
+        except BaseException:  # failed or cancelled: `hold` counted itself out
+            return
+        await self.bindings.release(topics.user_pattern(username))
+
+    async def identify(
+        self, conn: Connection, username: str, binding: asyncio.Future[None] | None = None
+    ) -> None:
+        """Route the user's own events (invitations) to this connection too (`binding`: the
+        user's binding started by `bind_user`, which this takes over)."""
         conns = self._users.setdefault(username, set())
         if conn in conns:
+            if binding is not None:
+                await self.unbind_user(binding, username)
             return
         conns.add(conn)
         try:
-            await self.bindings.hold(topics.user_pattern(username))
+            await (
+                binding
+                if binding is not None
+                else self.bindings.hold(topics.user_pattern(username))
+            )
         except BaseException:
-            await self._drop_user(conn, username)
+            # not bound for this connection (`hold` counted itself out): forget it, and leave
+            # the binding the user's other connections hold
+            conns.discard(conn)
+            if not conns:
+                del self._users[username]
             raise
 
     async def close(self, conn: Connection) -> list[str]:
