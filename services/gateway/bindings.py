@@ -4,6 +4,12 @@ A pattern is bound while anyone holds it. Broker operations on one pattern run o
 order, and each brings the binding to what the holders want *now*: a join racing the last leave
 of a room can never end with the room unbound while someone is in it. Patterns do not wait for
 each other.
+
+A broker operation, once started, runs to its end even when its caller is cancelled (a join
+whose socket closed, a join undone because presence did not answer): aiormq closes the whole
+channel when a call in flight is cancelled, and that channel is the gateway's subscription, so
+every room it serves would lose deliveries. The cancelled caller's own undo (`release`) then
+settles the pattern again, behind it.
 """
 
 from __future__ import annotations
@@ -70,8 +76,13 @@ class Bindings:
     async def _settle(self, pattern: str) -> None:
         gate = self._gates.get(pattern)
         if gate is None:
+            if (pattern in self._holders) == (pattern in self._bound):
+                return  # as wanted, and nothing in progress
             gate = self._gates[pattern] = _Gate()
-        gate.users += 1
+        gate.users += 1  # now, so a settle that comes meanwhile waits behind this one
+        await asyncio.shield(self._settling(pattern, gate))
+
+    async def _settling(self, pattern: str, gate: _Gate) -> None:
         try:
             async with gate.lock:
                 wanted = pattern in self._holders
