@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import pytest
@@ -84,6 +85,22 @@ async def test_publish_waits_for_the_confirm_and_a_nack_raises_unavailable(bus: 
         with pytest.raises(BusUnavailableError):
             await bus.publish("room.full.updateChat", b"no room", persistent=True)
         await bus.publish("room.other.updateChat", b"fine", persistent=True)  # channel still up
+
+
+async def test_a_publish_the_broker_never_confirms_raises_unavailable_within_the_bound(
+    bus: RabbitBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher = bus._publisher
+    assert publisher is not None
+    underlay = await publisher.channel.get_underlay_channel()
+
+    async def never_confirmed(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(underlay, "basic_publish", never_confirmed)
+    monkeypatch.setattr(publisher, "_op_timeout", 0.2)
+    with pytest.raises(BusUnavailableError, match="no answer from the broker"):
+        await bus.publish("room.a.updateChat", b"unconfirmed", persistent=True)
 
 
 async def test_a_traced_publish_records_every_stage_through_the_broker(

@@ -127,13 +127,22 @@ class Publisher:
         within the bound raise `BusUnavailableError`."""
         if not properties.message_id:
             properties.message_id = next(self._ids)
-        async with broker_op(f"publish {routing_key!r}", self._op_timeout):
-            await self.channel.ready()  # robust: waits for a reconnection, within the bound
-            underlay = await self.channel.get_underlay_channel()
-            await underlay.basic_publish(
-                body,
-                exchange=self.exchange.name,
-                routing_key=routing_key,
-                properties=properties,
-                mandatory=False,
-            )
+        # `broker_op` inlined: no generator context manager and no description string built for
+        # every publish of the hot path, only for the one that fails
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await self.channel.ready()  # robust: waits for a reconnection, within the bound
+                underlay = await self.channel.get_underlay_channel()
+                await underlay.basic_publish(
+                    body,
+                    exchange=self.exchange.name,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=False,
+                )
+        except TimeoutError as exc:  # before CONNECTION_EXCEPTIONS: TimeoutError is an OSError
+            raise BusUnavailableError(
+                f"publish {routing_key!r}: no answer from the broker in {self._op_timeout:g}s"
+            ) from exc
+        except CONNECTION_EXCEPTIONS as exc:
+            raise BusUnavailableError(f"publish {routing_key!r}: {exc!r}") from exc
