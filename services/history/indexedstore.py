@@ -43,7 +43,7 @@ class IndexedStore:
     async def insert_new(
         self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
     ) -> Inserted:
-        with self.index.writing(m.room for m in messages):
+        with self.index.writing():
             inserted = await self._store.insert_new(messages, authors)
             self.index.stored(inserted)
         return inserted
@@ -91,7 +91,7 @@ class IndexedStore:
         moderator: bool = False,
         rev: int,
     ) -> ChatMessage:
-        with self.index.writing([room]):
+        with self.index.writing():
             message = await self._store.delete(
                 room, message_id, author=author, username=username, moderator=moderator, rev=rev
             )
@@ -121,7 +121,7 @@ class IndexedStore:
         )
 
     async def mark_read(self, room: str, reader: str, message_id: str) -> str:
-        with self.index.writing([room]):
+        with self.index.writing():
             marker = await self._store.mark_read(room, reader, message_id)
             self.index.marked(room, reader, marker)
         return marker

@@ -12,11 +12,12 @@ What it trusts, and when it stops:
   was lost (another replica may have taken over and written), or a write failed (what the
   store holds is unknown). A request delivered before a reset may still be running after it;
   it is answered by the store, and loads nothing.
-- A load is installed only if no write to its room was in flight at any moment of it (the
-  snapshot might or might not hold that write); otherwise its waiters ask the store, and the
-  next read loads again.
+- A write that finishes while its room loads is kept and replayed once the load is in: the
+  snapshot may or may not hold it, and each replay is idempotent (a fresh message the snapshot
+  holds already is not added again: ids are unique in a room; a delete sets a flag; markers
+  only move forward). A write that finishes before the load starts is in the snapshot.
 - A repeat of a message the index does not hold (an old one sent again, or one that another
-  writer stored) lets its room go.
+  writer stored), or a snapshot that saw a write halfway, lets its room go.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ import asyncio
 import contextvars
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from prometheus_client import Counter, Gauge
 
 from roomcast.shared.errors import ProtocolError
+from roomcast.shared.models import ChatMessage
 from roomcast.shared.store.base import UNREAD_CAP, Inserted, MessageStore, ReadState
 
 from .roomreads import RoomReads
@@ -63,10 +66,15 @@ _delivered: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 
+# A finished write applied to a room's reads: False when they cannot follow it.
+Write = Callable[[RoomReads], bool]
+
+
 @dataclass(eq=False)
 class _Load:
     generation: int
-    dirty: bool = False
+    # writes that finished while the snapshot was read, in order, replayed on it
+    replay: list[Write] = field(default_factory=list)
     task: asyncio.Task[RoomReads | None] | None = field(default=None, repr=False)
 
 
@@ -76,7 +84,6 @@ class ReadIndex:
         self._tail = tail
         self._rooms: OrderedDict[str, RoomReads] = OrderedDict()
         self._loads: dict[str, _Load] = {}
-        self._writing: dict[str, int] = {}
         self.generation = next(_generations)
 
     def __contains__(self, room: str) -> bool:
@@ -93,8 +100,6 @@ class ReadIndex:
     def reset(self, reason: str) -> None:
         """Forget every room; loads in flight are not installed."""
         self.generation = next(_generations)
-        for load in self._loads.values():
-            load.dirty = True
         if self._rooms:
             log.info("read index cleared", reason=reason, rooms=len(self._rooms))
         self._rooms.clear()
@@ -128,7 +133,7 @@ class ReadIndex:
     async def _load(self, store: MessageStore, room: str) -> RoomReads | None:
         load = self._loads.get(room)
         if load is None or load.generation != self.generation:
-            load = _Load(self.generation, dirty=self._writing.get(room, 0) > 0)
+            load = _Load(self.generation)
             load.task = asyncio.ensure_future(self._fill(store, room, load))
             self._loads[room] = load
         assert load.task is not None
@@ -141,9 +146,11 @@ class ReadIndex:
         finally:
             if self._loads.get(room) is load:
                 del self._loads[room]
-        if load.dirty or load.generation != self.generation:
+        if load.generation != self.generation:
             return None
         reads = RoomReads(tail, self._tail)
+        if not all([write(reads) for write in load.replay]):
+            return None
         LOADS.inc()
         self._rooms[room] = reads
         while len(self._rooms) > self._max_rooms:
@@ -154,48 +161,62 @@ class ReadIndex:
 
     # writes -----------------------------------------------------------------------------------
     @contextmanager
-    def writing(self, rooms: Iterable[str]) -> Iterator[None]:
-        """Around a write to the store: loads of these rooms meanwhile are not installed, and a
-        write that fails clears the index (what the store holds is unknown)."""
-        touched = list(dict.fromkeys(rooms))
-        for room in touched:
-            self._writing[room] = self._writing.get(room, 0) + 1
-            load = self._loads.get(room)
-            if load is not None:
-                load.dirty = True
+    def writing(self) -> Iterator[None]:
+        """Around a write to the store: one that fails clears the index (what the store holds
+        is unknown); a refusal wrote nothing."""
         try:
             yield
         except ProtocolError:
-            raise  # refused: nothing was written
+            raise
         except BaseException:
             self.reset("store_error")
             raise
-        finally:
-            for room in touched:
-                left = self._writing[room] - 1
-                if left:
-                    self._writing[room] = left
-                else:
-                    del self._writing[room]
+
+    def _apply(self, room: str, write: Write) -> None:
+        """A finished write: to the room held (let go if it cannot follow), or kept for the
+        load in flight."""
+        reads = self._rooms.get(room)
+        if reads is not None:
+            if not write(reads):
+                self._drop(room, "cannot_follow")
+        elif (load := self._loads.get(room)) is not None:
+            load.replay.append(write)
 
     def stored(self, inserted: Inserted) -> None:
-        """Messages the store has just taken (and the repeats it skipped)."""
+        """Messages the store has just taken (and the repeats it skipped), room by room."""
+        by_room: dict[str, list[tuple[ChatMessage, bool]]] = {}
         for message, fresh in zip(inserted.messages, inserted.fresh, strict=True):
-            reads = self._rooms.get(message.room)
-            if reads is None:
-                continue
-            if fresh:
-                reads.add(message.id, message.username, bool(message.deleted))
-            elif not reads.holds(message.id):
-                # an old message sent again, or one another writer stored: ask the store anew
-                self._drop(message.room, "unknown_repeat")
+            by_room.setdefault(message.room, []).append((message, fresh))
+        for room, written in by_room.items():
+            self._apply(room, partial(_stored, written))
 
     def deleted(self, room: str, message_id: str) -> None:
-        reads = self._rooms.get(room)
-        if reads is not None:
+        def write(reads: RoomReads) -> bool:
             reads.deleted(message_id)
+            return True
+
+        self._apply(room, write)
 
     def marked(self, room: str, reader: str, marker_id: str) -> None:
-        reads = self._rooms.get(room)
-        if reads is not None:
+        def write(reads: RoomReads) -> bool:
             reads.marked(reader, marker_id)
+            return True
+
+        self._apply(room, write)
+
+
+def _stored(written: list[tuple[ChatMessage, bool]], reads: RoomReads) -> bool:
+    """One write's messages of a room. Fresh ones that the reads hold already were in their
+    snapshot (ids are unique); a snapshot that holds only some of them saw the write halfway
+    (the new ones would go after later ones), and a repeat of a message not held is an old
+    one sent again or one that another writer stored: the reads cannot follow either."""
+    fresh = [message for message, new in written if new]
+    held = [reads.holds(message.id) for message in fresh]
+    if any(held) and not all(held):
+        return False
+    if not all(reads.holds(message.id) for message, new in written if not new):
+        return False
+    if not any(held):
+        for message in fresh:
+            reads.add(message.id, message.username, bool(message.deleted))
+    return True

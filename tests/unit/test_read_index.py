@@ -18,7 +18,7 @@ import pytest
 from roomcast.history.indexedstore import IndexedStore
 from roomcast.history.readindex import ReadIndex
 from roomcast.shared.models import ChatMessage
-from roomcast.shared.store.base import UNREAD_CAP, ReadState, StoreUnavailableError
+from roomcast.shared.store.base import UNREAD_CAP, Inserted, ReadState, StoreUnavailableError
 from roomcast.shared.store.memory import InMemoryMessageStore
 
 pytestmark = pytest.mark.unit
@@ -29,13 +29,16 @@ USERS = {ANN: "ann", BOB: "bob", CAT: "cat"}
 
 
 class CountingStore(InMemoryMessageStore):
-    """The in-memory store, counting the reads a read state may cost; `gate`, when set,
-    holds `read_tail` until it is set (a load in flight)."""
+    """The in-memory store, counting the reads a read state may cost; `gate` and `gate_after`,
+    when given, hold `read_tail` until they are set, before or after it reads (a load in
+    flight)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: Counter[str] = Counter()
         self.gate: asyncio.Event | None = None
+        self.gate_after: asyncio.Event | None = None
+        self.taken = asyncio.Event()  # a snapshot was read
 
     async def read_state(self, room: str, reader: str, username: str | None) -> ReadState:
         self.calls["read_state"] += 1
@@ -45,7 +48,11 @@ class CountingStore(InMemoryMessageStore):
         self.calls["read_tail"] += 1
         if self.gate is not None:
             await self.gate.wait()
-        return await super().read_tail(room, limit)
+        tail = await super().read_tail(room, limit)
+        self.taken.set()
+        if self.gate_after is not None:
+            await self.gate_after.wait()
+        return tail
 
     async def truth(self, room: str, reader: str) -> ReadState:
         """What the store says, uncounted."""
@@ -222,20 +229,53 @@ async def test_concurrent_reads_share_one_load() -> None:
     assert inner.calls == {"read_tail": 1}
 
 
-async def test_a_load_overlapping_a_write_is_not_installed() -> None:
+async def test_a_write_that_finishes_before_the_snapshot_is_read_counts_once() -> None:
     inner, store = indexed()
     await post(store, 1)
     inner.gate = asyncio.Event()
     reading = asyncio.ensure_future(state(store, ANN))
     await asyncio.sleep(0)
-    await post(store, 2)  # written while the load waits: it may or may not be in the snapshot
+    await post(store, 2)  # stored before the snapshot is read: in it, and replayed too
+    await store.mark_read(ROOM, ANN, "m00001")
     inner.gate.set()
-    assert await reading == ReadState(None, 2)  # from the store
-    assert ROOM not in store.index
-    inner.gate = None
-    assert await state(store, ANN) == ReadState(None, 2)
+    assert await reading == ReadState("m00001", 1)
     assert ROOM in store.index
-    assert inner.calls == {"read_tail": 2, "read_state": 1}
+    assert inner.calls == {"read_tail": 1}
+
+
+async def test_a_write_that_finishes_after_the_snapshot_is_read_is_replayed() -> None:
+    inner, store = indexed()
+    await post(store, 1)
+    inner.gate_after = asyncio.Event()
+    reading = asyncio.ensure_future(state(store, ANN))
+    await inner.taken.wait()  # the snapshot is taken (m00001 only), not yet installed
+    await post(store, 2, 3)
+    await store.mark_read(ROOM, ANN, "m00002")
+    await store.delete(ROOM, "m00003", author=BOB, username="bob", rev=0)
+    await post(store, 4)
+    inner.gate_after.set()
+    assert await reading == ReadState("m00002", 1)
+    assert ROOM in store.index
+    assert inner.calls == {"read_tail": 1}
+    for reader in USERS:
+        assert await state(store, reader) == await inner.truth(ROOM, reader)
+
+
+async def test_a_snapshot_that_saw_a_write_halfway_is_not_installed() -> None:
+    """insert_many is not atomic: a read meanwhile may see some of its messages."""
+    inner, store = indexed()
+    await post(store, 1)
+    first = await inner.insert_new([msg(2)], [BOB])  # the half the snapshot sees
+    inner.gate_after = asyncio.Event()
+    reading = asyncio.ensure_future(state(store, ANN))
+    await inner.taken.wait()
+    second = await inner.insert_new([msg(3)], [BOB])
+    store.index.stored(Inserted(first.messages + second.messages, [True, True]))
+    inner.gate_after.set()
+    assert await reading == ReadState(None, 3)  # from the store
+    assert ROOM not in store.index
+    assert await state(store, ANN) == ReadState(None, 3)
+    assert ROOM in store.index
 
 
 async def test_a_repeat_is_counted_once() -> None:
