@@ -38,6 +38,7 @@ from .relay import RecentMessages, Relay
 from .repair import Repairer
 from .replies import Confirming, Replies
 from .roomcache import RoomCache
+from .shedding import Shedder
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +75,12 @@ class ChatGateway:
         self.recent = RecentMessages()
         self.revs = RevClock()
         self.room_cache = RoomCache()
-        self.relay = Relay(self.membership, self.recent, self.room_cache)
+        self.relay = Relay(
+            self.membership,
+            self.recent,
+            self.room_cache,
+            Shedder(settings.send_queue_seconds),
+        )
         self.presence = PresenceClient(bus, settings, self.id)
         self.history = HistoryClient(bus, settings)
         self.repairer = Repairer(self)

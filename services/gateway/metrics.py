@@ -24,3 +24,8 @@ PING_TIMEOUTS = Counter(
     "roomcast_gateway_ping_timeouts_total",
     "Sockets closed because the peer answered neither a ping nor a close in time",
 )
+SHED = Counter(
+    "roomcast_gateway_shed_total",
+    "Room events that reached this gateway later than the send queue's age bound: not written; "
+    "the room's local sockets were closed (1013) to recover with `since`",
+)

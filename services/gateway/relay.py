@@ -24,6 +24,7 @@ from .connection import count_out
 from .membership import Membership
 from .metrics import FANOUT
 from .roomcache import RoomCache
+from .shedding import Shedder
 
 
 @dataclass(slots=True)
@@ -67,9 +68,14 @@ class RecentMessages:
 
 class Relay:
     def __init__(
-        self, membership: Membership, recent: RecentMessages, cache: RoomCache | None = None
+        self,
+        membership: Membership,
+        recent: RecentMessages,
+        cache: RoomCache | None = None,
+        shedder: Shedder | None = None,
     ) -> None:
         self._membership = membership
+        self._shedder = shedder
         self._recent = recent
         self._cache = cache if cache is not None else RoomCache()
         self.last_ids: dict[str, str] = {}  # room -> id of the last chat message relayed there
@@ -89,6 +95,11 @@ class Relay:
                 self.last_ids[route.name] = message_id
             event = route.event
             self._cache.note(route.name, event, body)
+            if self._shedder is not None:
+                age = self._shedder.lag(headers.get(Header.SENT_AT))
+                if age is not None:
+                    self._shedder.shed(route.name, self._membership.members(route.name), age)
+                    return
             origin = headers.get(Header.ORIGIN)
             not_to = headers.get(Header.NOT_TO)
             now = time.monotonic()
