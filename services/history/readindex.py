@@ -54,7 +54,9 @@ RESETS = Counter(
     "roomcast_history_read_index_resets_total", "Read index cleared or a room let go", ["reason"]
 )
 
-MAX_ROOMS = 1024
+# A room of TAIL messages holds some 300 KB (ids, seqs, flags; usernames interned), so at
+# most about 75 MB, and rooms of fewer messages far less.
+MAX_ROOMS = 256
 # Messages held per room: a reader without a marker in a larger room is answered from memory
 # when these hold UNREAD_CAP messages by others, as they mostly do.
 TAIL = UNREAD_CAP + UNREAD_CAP // 2

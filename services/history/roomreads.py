@@ -15,6 +15,7 @@ since only their order is compared.
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_right
 from typing import Final
 
@@ -32,7 +33,7 @@ class RoomReads:
     def __init__(self, tail: ReadTail, limit: int) -> None:
         self._limit = limit
         self._seqs = [e.seq for e in tail.messages]
-        self._users = [e.username for e in tail.messages]
+        self._users = [sys.intern(e.username) for e in tail.messages]  # one string a name
         self._deleted = [e.deleted for e in tail.messages]
         self._ids = {e.id: e.seq for e in tail.messages}
         self._markers: dict[str, Marker] = dict(tail.markers)
@@ -73,7 +74,7 @@ class RoomReads:
         """A message the store has just stored (never a repeat)."""
         last = self._seqs[-1] if self._seqs else (self.floor if self.floor is not None else -1)
         self._seqs.append(last + 1)
-        self._users.append(username)
+        self._users.append(sys.intern(username))
         self._deleted.append(deleted)
         self._ids[message_id] = last + 1
         if len(self._seqs) > self._limit + max(1, self._limit // 4):
