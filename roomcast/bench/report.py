@@ -64,9 +64,11 @@ def rows(result: Mapping[str, Any]) -> list[tuple[str, list[str], str]]:
             cells = []
             for n in names:
                 block = (systems[n].get("gateway_stages_ms") or {}).get(stage) or {}
-                p50, p99 = block.get("p50"), block.get("p99")
-                cells.append("-" if p50 is None else f"≤{p50:g} / ≤{p99:g}" if p99 else f"≤{p50:g}")
-            add(f"stage {stage} p50/p99 (ms)", cells)
+                p50, p99, top = block.get("p50"), block.get("p99"), block.get("max")
+                cell = "-" if p50 is None else f"≤{p50:g} / ≤{p99:g}" if p99 else f"≤{p50:g}"
+                slowest = f"≤{top:g}" if top else ">1s"
+                cells.append(cell if p50 is None else f"{cell} / {slowest}")
+            add(f"stage {stage} p50/p99/max (ms)", cells)
         add("undelivered", each("undelivered"))
         add("server CPU µs / delivery", each("server_cpu_us_per_delivery", 2))
     if mode == "joins":

@@ -376,8 +376,13 @@ def stage_percentiles_ms(before: list[str], after: list[str]) -> dict[str, dict[
     order = [s for s in STAGE_ORDER if s in end] + sorted(set(end) - set(STAGE_ORDER))
     out: dict[str, dict[str, float | None]] = {}
     for stage in order:
-        block = bucket_percentiles_ms(start.get(stage, {}), end[stage])
+        before_, after_ = start.get(stage, {}), end[stage]
+        block = bucket_percentiles_ms(before_, after_)
         if block["count"]:
+            # the slowest, as the first bound that holds them all (a tail a p99 can hide)
+            count = block["count"] or 0.0
+            bound = next(b for b in sorted(after_) if after_[b] - before_.get(b, 0.0) >= count)
+            block["max"] = None if math.isinf(bound) else round(bound * 1000.0, 3)
             out[stage] = block
     return out
 

@@ -178,19 +178,21 @@ def test_bench_stage_percentiles_per_stage_between_two_readings() -> None:
     assert stages["inbox"]["count"] == 20
     assert stages["inbox"]["p50"] == 1.0
     assert stages["inbox"]["p99"] == 2.0
+    assert stages["inbox"]["max"] == 2.0
+    assert stages["broker"]["max"] == 2.0
     assert stage_percentiles_ms([""], [""]) == {}
 
 
 def test_bench_report_has_a_row_per_traced_stage_and_dashes_where_none() -> None:
     entry = summarize_system([], window_s=1.0, server={})
-    traced = {**entry, "gateway_stages_ms": {"broker": {"p50": 2.0, "p99": 8.0}}}
+    traced = {**entry, "gateway_stages_ms": {"broker": {"p50": 2.0, "p99": 8.0, "max": 50.0}}}
     result = {
         "params": {"mode": "chat", "scenario": "fanout"},
         "systems": {"roomcast": traced, "socketio": entry},
         "ratio": {},
     }
     rows = {label: cells for label, cells, _ in report.rows(result)}
-    assert rows["stage broker p50/p99 (ms)"] == ["≤2 / ≤8", "-"]
+    assert rows["stage broker p50/p99/max (ms)"] == ["≤2 / ≤8 / ≤50", "-"]
     assert not any(
         label.startswith("stage")
         for label, _, _ in report.rows({**result, "systems": {"socketio": entry}})
