@@ -86,6 +86,7 @@ class JoinBatcher:
             async with asyncio.timeout(self._timeout):
                 return await asyncio.shield(waiting.answer)
         except TimeoutError as exc:
+            self.takes_batches = False  # ask singly, and learn again from the reply
             raise BusTimeoutError(
                 f"presence did not answer a join within {self._timeout:g}s"
             ) from exc
