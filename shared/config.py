@@ -92,6 +92,9 @@ class Settings(Limits):
     heartbeat_misses: int = Field(3, ge=2, le=20)
     send_queue_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
     send_queue_seconds: float = Field(10.0, gt=0, le=3600)
+    # deprecated and ignored: `batch=1` sockets coalesce what queues within one loop iteration
+    # (and while their transport is back-pressured), with no tick; still accepted so no
+    # deployment's settings break
     batch_tick_ms: float = Field(2.0, gt=0, le=50)
     # deliveries waiting for a subscription's handler; beyond it they are dropped, counted, and
     # the gateway repairs its rooms from history (a gap)

@@ -1,11 +1,19 @@
-"""One client's WebSocket: a reader, a writer and a bounded send queue.
+"""One client's WebSocket: its frames read in the socket's own task, and a bounded send queue
+flushed once per loop iteration.
 
 Outgoing events are already-encoded text shared by every socket of a room; the queue holds
-references, not copies. The queue is bounded in bytes and in age (PROTOCOL.md 2.2): a socket
-whose unsent events pass `send_queue_bytes`, or whose oldest unsent event waited longer than
+references, not copies. Nothing waits between an event and its write: the first event queued
+in a loop iteration schedules one flush (`loop.call_soon`) that writes what queued meanwhile
+(the bus hands over many messages per read under load). With `batch=1` that is one frame, one
+event per line; without, one frame per event, written in one call. While the transport is
+above its high-water mark a task waits for it to drain and events queue meanwhile (coalesced
+again for `batch=1`). The queue is bounded in bytes and in age (PROTOCOL.md 2.2): a socket whose
+unsent events pass `send_queue_bytes`, or whose oldest unsent event waited longer than
 `send_queue_seconds`, is closed with 1013 and recovers with `since`, instead of growing the
-gateway's memory. With `batch=1` the writer coalesces what is ready in one tick into a single
-frame, one event per line.
+gateway's memory.
+
+An idle socket holds no task of its own (Hypercorn's tasks serve it) and no queue: both exist
+only while something is waiting to be written (tests/unit/test_socket_memory.py).
 """
 
 from __future__ import annotations
@@ -14,7 +22,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +32,7 @@ from roomcast.shared.auth import Identity
 
 from .metrics import FRAMES_OUT, SLOW_CLOSES
 from .ratelimit import TokenBucket
+from .rawsend import Sink, batches
 
 if TYPE_CHECKING:
     from .replies import Replies
@@ -36,12 +44,13 @@ Close = Callable[[int], Awaitable[None]]
 Receive = Callable[[], Awaitable[str | bytes]]
 TextHandler = Callable[["Connection", str | bytes], Awaitable[None]]
 Expiry = Callable[["Connection"], None]
+Pending = tuple[str | bytes, int, float]  # frame, size, since
 
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
 CLOSE_TRY_LATER = 1013
-_MAX_BATCH_BYTES = 256 * 1024
 _CLOSE_SECONDS = 2.0
+_GONE = 0  # `_close_code` of a socket whose client went away (nothing left to close)
 
 
 _FRAMES_OUT: dict[str, Callable[[float], None]] = {}
@@ -53,39 +62,6 @@ def count_out(event: str, n: int = 1) -> None:
     if inc is None:
         inc = _FRAMES_OUT[event] = FRAMES_OUT.labels(event).inc
     inc(n)
-
-
-class BatchTicker:
-    """One timer for every `batch=1` socket of a gateway: a socket with something queued waits
-    for the next tick, and each tick wakes all of them, so a busy gateway pays one timer per
-    tick rather than one per socket per wake-up."""
-
-    def __init__(self, tick: float) -> None:
-        self._tick = tick
-        self._waiting: set[Callable[[], None]] = set()
-        self._armed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def wake_on_tick(self, wake: Callable[[], None]) -> None:
-        self._waiting.add(wake)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="batch-ticker")
-        self._armed.set()
-
-    async def _run(self) -> None:
-        while True:
-            await self._armed.wait()
-            await asyncio.sleep(self._tick)
-            self._armed.clear()
-            waiting, self._waiting = self._waiting, set()
-            for wake in waiting:
-                wake()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 @dataclass(slots=True)
@@ -102,25 +78,24 @@ class Connection:
     """A client connection as the gateway's domain sees it, independent of the web framework.
     Which rooms it is in is `Membership`'s to know.
 
-    Slotted, and an idle writer waits on a bare future rather than an `asyncio.Event` (which
-    carries a dict and a deque of waiters): at tens of thousands of idle sockets what each one
-    holds is the gateway's memory (docs/performance.md, "Hot path, 2026-12-03")."""
+    Slotted, with no task, queue or future of its own while idle: at tens of thousands of idle
+    sockets what each one holds is the gateway's memory (docs/performance.md)."""
 
     __slots__ = (
+        "_batch",
         "_clock",
         "_close",
         "_close_code",
         "_deadline",
+        "_flusher",
         "_last_code",
+        "_loop",
         "_max_age",
         "_max_bytes",
-        "_queue",
+        "_pending",
         "_queued_bytes",
-        "_send",
-        "_ticker",
-        "_wakeup",
-        "_woken",
-        "_writer",
+        "_reader",
+        "_sink",
         "id",
         "identity",
         "limiters",
@@ -132,14 +107,15 @@ class Connection:
 
     def __init__(
         self,
-        send: Send,
+        send: Sink | Send,
         close: Close,
         *,
-        ticker: BatchTicker | None,
+        batch: bool = False,
         queue_bytes: int,
         queue_seconds: float,
         limiters: Limiters,
         clock: Callable[[], float] = time.monotonic,
+        ticker: object = None,  # deprecated: a ticker meant batch=1 (there is no tick now)
     ) -> None:
         self.id = uuid.uuid4().hex
         self.username: str | None = None
@@ -148,21 +124,21 @@ class Connection:
         self.identity: Identity | None = None  # signed in by a token (2.4)
         self._deadline: asyncio.TimerHandle | None = None
         self.limiters = limiters
-        self._send = send
+        self._sink = send if isinstance(send, Sink) else Sink(send)
         self._close = close
-        self._ticker = ticker
+        self._batch = batch or ticker is not None
         self._max_bytes = queue_bytes
         self._max_age = queue_seconds
         self._clock = clock
-        self._queue: deque[tuple[str | bytes, str, int, float]] = (
-            deque()
-        )  # frame, event, size, since
+        self._loop = asyncio.get_running_loop()
+        # unsent events, made by the first one queued and dropped once they are written; a
+        # flush is scheduled exactly while it is not None and no `_flusher` runs
+        self._pending: list[Pending] | None = None
         self._queued_bytes = 0
-        self._woken = False  # woken while the writer was busy: it looks at the queue again
-        self._wakeup: asyncio.Future[None] | None = None  # what the idle writer waits on
+        self._flusher: asyncio.Task[None] | None = None  # only under back-pressure
+        self._reader: asyncio.Task[object] | None = None  # the socket's own task, while reading
         self._close_code: int | None = None
         self._last_code: int | None = None  # close with it once the queue is written
-        self._writer: asyncio.Task[None] | None = None
         self.replies: Replies | None = None  # answers waiting behind a publish (made when needed)
 
     # outgoing -------------------------------------------------------------------------------
@@ -177,35 +153,76 @@ class Connection:
         socket. `frame` is text, or its UTF-8 bytes (written to the socket as they are)."""
         if self._close_code is not None:
             return
-        queue = self._queue
-        if queue and (
-            self._queued_bytes + size > self._max_bytes or now - queue[0][3] > self._max_age
-        ):
+        pending = self._pending
+        if pending is None:
+            self._pending = [(frame, size, now)]
+            self._queued_bytes = size
+            if self._flusher is None:
+                self._loop.call_soon(self._flush)
+            return
+        if self._queued_bytes + size > self._max_bytes or now - pending[0][2] > self._max_age:
             self._too_slow()
             return
-        queue.append((frame, event, size, now))
+        pending.append((frame, size, now))
         self._queued_bytes += size
-        if self._ticker is None:
-            self._wake()
-        elif len(queue) == 1:
-            self._ticker.wake_on_tick(self._wake)
 
-    def _wake(self) -> None:
-        self._woken = True
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+    def _flush(self) -> None:
+        """Write what queued since the last flush, now; wait for a drain in a task only when
+        the transport is above its high-water mark or the socket cannot be written directly."""
+        pending = self._pending
+        if self._flusher is not None or pending is None or self._close_code is not None:
+            return
+        payloads = [f if isinstance(f, bytes) else f.encode() for f, _, _ in pending]
+        if not self._sink.write(payloads, self._batch):
+            self._flusher = self._loop.create_task(self._send_slowly())
+            return
+        self._pending = None
+        self._queued_bytes = 0
+        if self._sink.blocked():
+            self._flusher = self._loop.create_task(self._drain())
+        elif self._last_code is not None:
+            self.close_soon(self._last_code)
+
+    async def _drain(self) -> None:
+        try:
+            await self._sink.drain()
+        finally:
+            self._flusher = None
+        self._flush()
+
+    async def _send_slowly(self) -> None:
+        """The path through the server's own send (ASGI): one awaited send per frame."""
+        try:
+            while self._pending:
+                pending, self._pending = self._pending, None
+                self._queued_bytes = 0
+                payloads = [f if isinstance(f, bytes) else f.encode() for f, _, _ in pending]
+                if self._batch and len(payloads) > 1:
+                    for text in batches(payloads):
+                        await self._sink.send(text)
+                else:
+                    for payload in payloads:
+                        await self._sink.send(payload)
+        except Exception:  # the socket is gone: its reader sees the disconnect
+            self._pending = None
+            self._queued_bytes = 0
+            return
+        finally:
+            self._flusher = None
+        if self._last_code is not None:
+            self.close_soon(self._last_code)
 
     def _too_slow(self) -> None:
+        pending = self._pending or []
         SLOW_CLOSES.inc()
         log.warning(
             "slow consumer disconnected",
             conn=self.id,
-            queued=len(self._queue),
+            queued=len(pending),
             queued_bytes=self._queued_bytes,
-            oldest_seconds=round(self._clock() - self._queue[0][3], 3),
+            oldest_seconds=round(self._clock() - pending[0][2], 3) if pending else 0.0,
         )
-        self._queue.clear()
+        self._pending = None
         self._queued_bytes = 0
         self.close_soon(CLOSE_TRY_LATER)
 
@@ -213,7 +230,6 @@ class Connection:
         """Send one last event, then close with `code`."""
         self.push(frame, event)
         self._last_code = code
-        self._wake()
 
     def sign_in(self, identity: Identity, on_expiry: Expiry, wall: Callable[[], float]) -> None:
         """Hold the identity until its token expires, then call `on_expiry`; signing in again
@@ -221,7 +237,7 @@ class Connection:
         self.identity = identity
         if self._deadline is not None:
             self._deadline.cancel()
-        if self._writer is not None and self._writer.done():
+        if self._close_code == _GONE:
             return  # the socket is gone already (a join that finished after it closed)
         delay = max(0.0, identity.exp - wall())
         self._deadline = asyncio.get_running_loop().call_later(delay, on_expiry, self)
@@ -233,28 +249,47 @@ class Connection:
     def close_soon(self, code: int) -> None:
         if self._close_code is None:
             self._close_code = code
-            if self._writer is not None:
-                self._writer.cancel()  # serve() sees it end, stops reading and closes
+            self._pending = None
+            self._queued_bytes = 0
+            if self._flusher is not None:
+                self._flusher.cancel()
+            reader = self._reader
+            if reader is not None and reader is not asyncio.current_task():
+                reader.cancel()  # serve() stops reading, then closes
 
     # lifecycle ------------------------------------------------------------------------------
     async def serve(self, receive: Receive, on_text: TextHandler, max_chars: int) -> None:
-        """Run until the client goes away or the server closes the socket."""
-        self._writer = asyncio.create_task(self._write())
-        tasks = [asyncio.create_task(self._read(receive, on_text, max_chars)), self._writer]
-        if self._close_code is not None:  # closed before it started
-            self._writer.cancel()
+        """Read and handle the client's frames in the caller's task (the socket's own) until
+        the client goes away or the server closes the socket."""
+        task = asyncio.current_task()
+        assert task is not None
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self._close_code is None:
+                self._reader = task
+                try:
+                    await self._read(receive, on_text, max_chars)
+                except asyncio.CancelledError:
+                    # close_soon() stops the reader by cancelling it; any other cancel is
+                    # the server's, and goes on
+                    if self._close_code is None or task.uncancel() > 0:
+                        raise
+                except Exception:
+                    pass  # the client went away
+                finally:
+                    self._reader = None
         finally:
-            for task in tasks:
-                task.cancel()
+            code = self._close_code
+            if code is None:
+                self._close_code = _GONE
+            if self._flusher is not None:
+                self._flusher.cancel()
+            self._pending = None
             if self._deadline is not None:
                 self._deadline.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._close_code is not None:
+        if code:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(_CLOSE_SECONDS):
-                    await self._close(self._close_code)
+                    await self._close(code)
                     # Read (and drop) what the client still sends until its close arrives:
                     # Hypercorn stops reading the socket while its queue to the app is full, and
                     # would then never see the client's close frame.
@@ -262,7 +297,7 @@ class Connection:
                         await receive()
 
     async def _read(self, receive: Receive, on_text: TextHandler, max_chars: int) -> None:
-        while True:
+        while self._close_code is None:
             data = await receive()
             # The limit is in bytes (UTF-8 on the wire); Hypercorn's own check counts characters.
             if (
@@ -273,35 +308,5 @@ class Connection:
                 self.close_soon(CLOSE_TOO_BIG)
                 return
             await on_text(self, data)
-            # a frame that only produced an error awaited nothing: let the writer run
+            # a frame that only produced an error awaited nothing: let the loop run (and flush)
             await asyncio.sleep(0)
-
-    async def _write(self) -> None:
-        queue = self._queue
-        batch = self._ticker is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._woken:
-                self._wakeup = loop.create_future()
-                try:
-                    await self._wakeup
-                finally:
-                    self._wakeup = None
-            self._woken = False
-            while queue:
-                if batch and len(queue) > 1:
-                    frames: list[bytes] = []
-                    size = 0
-                    while queue and size < _MAX_BATCH_BYTES:
-                        frame, _, frame_size, _ = queue.popleft()
-                        frames.append(frame if isinstance(frame, bytes) else frame.encode())
-                        size += frame_size
-                    self._queued_bytes -= size
-                    await self._send(b"\n".join(frames))
-                else:
-                    frame, _, frame_size, _ = queue.popleft()
-                    self._queued_bytes -= frame_size
-                    await self._send(frame)
-            if self._last_code is not None:
-                self._close_code = self._last_code  # serve() sees the writer end, and closes
-                return

@@ -27,13 +27,14 @@ from roomcast.shared.tasks import Supervised
 
 from .auth.tokens import TokenVerifier
 from .clients import HistoryClient, PresenceClient
-from .connection import CLOSE_RESTART, BatchTicker, Close, Connection, Limiters, Send
+from .connection import CLOSE_RESTART, Close, Connection, Limiters, Send
 from .events import HANDLERS
 from .membership import Membership
 from .metrics import CONNECTIONS, ERRORS, FRAMES_IN
 from .moderation import Moderation
 from .protocol import ClientFrame, ProtocolError, ack_frame, error_frame, parse_frame
 from .ratelimit import TokenBucket
+from .rawsend import Sink
 from .relay import RecentMessages, Relay
 from .repair import Repairer
 from .replies import Confirming, Replies
@@ -87,7 +88,6 @@ class ChatGateway:
         self.moderation = Moderation(self)
         self.draining = False
         self._idle = asyncio.Event()
-        self._ticker = BatchTicker(settings.batch_tick_ms / 1000)
         self._subscription: Subscription | None = None
         self._heartbeat = Supervised("gateway-heartbeat", self._beat)
         self._background: set[asyncio.Task[Any]] = set()
@@ -134,7 +134,6 @@ class ChatGateway:
             await self.presence.gone()
 
     async def stop(self) -> None:
-        await self._ticker.stop()
         await self._heartbeat.stop()
         await self.repairer.stop()
         with contextlib.suppress(Exception):
@@ -143,12 +142,12 @@ class ChatGateway:
             with contextlib.suppress(Exception):
                 await self._subscription.close()
 
-    def open(self, send: Send, close: Close, *, batch: bool) -> Connection:
+    def open(self, send: Sink | Send, close: Close, *, batch: bool) -> Connection:
         s = self.settings
         conn = Connection(
             send,
             close,
-            ticker=self._ticker if batch else None,
+            batch=batch,
             queue_bytes=s.send_queue_bytes,
             queue_seconds=s.send_queue_seconds,
             limiters=Limiters(

@@ -5,8 +5,9 @@ the HTTP/1.1 protocol, an `asyncio.Lock` and `drain()`): about a third of a fan-
 CPU went there (docs/performance.md, "Hot path, 2026-12-03"). Without an extension (compression
 is declined by default, `compression.py`) a server's text frame is only a header and the UTF-8
 payload, so this module frames it itself and writes it to the connection's `StreamWriter`,
-waiting for `drain()` only when the transport's buffer is above its high-water mark (the
-socket's own send queue keeps its bounds). The payload arrives as bytes already: the relay
+without awaiting: the socket's `Connection` flushes once per loop iteration and waits for
+`drain()` only while the transport's buffer is above its high-water mark (its own send queue
+keeps its bounds meanwhile). The payload arrives as bytes already: the relay
 hands every socket of a room the same bytes it got from the broker, never re-encoded.
 
 Anything unusual (another server, HTTP/2, an extension negotiated, a stream that is closing)
@@ -51,9 +52,88 @@ def _writer_of(stream: WSStream) -> StreamWriter | None:
     return writer if isinstance(writer, StreamWriter) else None
 
 
-def direct_sender(asgi_send: Callable[[Any], Awaitable[None]]) -> SendText:
-    """A text sender for one accepted socket: straight to its writer where it can be, else the
-    ASGI message."""
+class Sink:
+    """Where a socket's frames go: `write` puts frames on the wire now, without awaiting (False
+    when this socket cannot be written directly: then `send` each one); `blocked` says the
+    transport holds more than its high-water mark, and `drain` waits until it does not."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: SendText) -> None:
+        self.send = send
+
+    def write(self, payloads: list[bytes], batch: bool) -> bool:
+        return False
+
+    def blocked(self) -> bool:
+        return False
+
+    async def drain(self) -> None:
+        return None
+
+
+class DirectSink(Sink):
+    """A plain HTTP/1.1 WebSocket of Hypercorn's: frames go straight to its `StreamWriter`."""
+
+    __slots__ = ("_stream", "_transport", "_writer")
+
+    def __init__(self, send: SendText, stream: WSStream, writer: StreamWriter) -> None:
+        super().__init__(send)
+        self._stream = stream
+        self._writer = writer
+        self._transport = writer.transport
+
+    def write(self, payloads: list[bytes], batch: bool) -> bool:
+        """Frame `payloads` (one frame each, or joined by newlines into frames of at most
+        `MAX_BATCH_BYTES` with `batch`) and write them in one call, so one `send()` carries
+        them all."""
+        stream = self._stream
+        if (
+            stream.closed
+            or stream.state is not ASGIWebsocketState.CONNECTED
+            or stream.connection.state is not ConnectionState.OPEN
+            or self._transport.is_closing()
+        ):
+            return False  # Hypercorn decides what a closing socket does with them
+        frame = text_frame
+        if len(payloads) == 1:
+            self._writer.write(frame(payloads[0]))
+        elif batch:
+            self._writer.write(b"".join(frame(chunk) for chunk in batches(payloads)))
+        else:
+            self._writer.write(b"".join(frame(payload) for payload in payloads))
+        return True
+
+    def blocked(self) -> bool:
+        return self._transport.get_write_buffer_size() > _HIGH_WATER
+
+    async def drain(self) -> None:
+        # a dropped connection is Hypercorn's reader's to notice (the app then gets its
+        # disconnect); what was written is not sent again
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._writer.drain()
+
+
+MAX_BATCH_BYTES = 256 * 1024
+
+
+def batches(payloads: list[bytes]) -> list[bytes]:
+    """`payloads` joined by newlines into texts of about `MAX_BATCH_BYTES` at most (a longer
+    payload is a text of its own), in order."""
+    out: list[bytes] = []
+    start, size = 0, 0
+    for i, payload in enumerate(payloads):
+        if size and size + len(payload) > MAX_BATCH_BYTES:
+            out.append(b"\n".join(payloads[start:i]))
+            start, size = i, 0
+        size += len(payload) + 1
+    out.append(b"\n".join(payloads[start:]))
+    return out
+
+
+def direct_sender(asgi_send: Callable[[Any], Awaitable[None]]) -> Sink:
+    """A sink for one accepted socket: straight to its writer where it can be, else the ASGI
+    message."""
 
     async def via_asgi(text: str | bytes) -> None:
         if isinstance(text, bytes):
@@ -62,28 +142,8 @@ def direct_sender(asgi_send: Callable[[Any], Awaitable[None]]) -> SendText:
 
     stream = getattr(asgi_send, "__self__", None)
     if not isinstance(stream, WSStream):
-        return via_asgi
+        return Sink(via_asgi)
     writer = _writer_of(stream)
     if writer is None or getattr(stream.handshake, "extensions", None):
-        return via_asgi
-    transport = writer.transport
-    connected = ASGIWebsocketState.CONNECTED
-    is_open = ConnectionState.OPEN
-
-    async def direct(text: str | bytes) -> None:
-        if (
-            stream.closed
-            or stream.state is not connected
-            or stream.connection.state is not is_open
-            or transport.is_closing()
-        ):
-            await via_asgi(text)  # Hypercorn decides what a closing socket does with it
-            return
-        writer.write(text_frame(text if isinstance(text, bytes) else text.encode()))
-        if transport.get_write_buffer_size() > _HIGH_WATER:
-            # a dropped connection is Hypercorn's reader's to notice (the app then gets its
-            # disconnect); the frame is written already, so it is not sent again
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await writer.drain()
-
-    return direct
+        return Sink(via_asgi)
+    return DirectSink(via_asgi, stream, writer)
