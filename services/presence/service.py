@@ -10,9 +10,16 @@ a gateway's expiry (another replica may have been active meanwhile).
 
 A join storm must not queue up work nobody waits for: a request whose caller has given up (its
 deadline, shared/rpc.py) is dropped unanswered, counted as outcome "expired" in
-`roomcast_presence_ops_total`, and the gateway's undo of it is a no-op. What a join reads from the store (privacy, moderation,
-the name's reservation) is read ahead when it is delivered, outside the lock and once per key
-(readahead.py), so the lock is held for memory work only.
+`roomcast_presence_ops_total`, and the gateway's undo of it is a no-op. What a join reads from
+the store (privacy, moderation) is read ahead when it is delivered, outside the lock and once
+per key (readahead.py), so the lock is held for memory work only; name reservations are loaded
+all at once when the replica takes over (reservations.py), so a fresh name needs no read.
+
+Gateways batch their joins (`presence.joins`, rpc.JoinBatch): a batch is judged join by join,
+in order, exactly as that many `join` requests would be (each its own snapshot, barrier and
+error; one whose own deadline passed is skipped), under one acquisition of the lock, and
+answered once. A single `join` is still answered (older gateways), and its reply says batches
+are taken (`rpc.BATCHES`), which is how a gateway learns it may send them.
 
 Its background tasks (the announcer, the reservation writer, the reaper) are supervised: one
 that dies is logged, counted in `roomcast_background_task_restarts_total{task}` and restarted;
