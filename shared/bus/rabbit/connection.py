@@ -9,6 +9,8 @@ Guarantees:
 - `broker_op` bounds one broker round trip and turns aio-pika's failures into
   `BusUnavailableError`: robust channels wait for a reconnection without limit, which must never
   hang a caller.
+- `run_to_end` is `broker_op` for a call that must finish once started (binds: aiormq closes the
+  channel of a call cancelled in flight).
 - `Publisher.publish` returns once the broker confirmed the message (one confirm channel for the
   whole bus), and raises `BusUnavailableError` when it cannot be confirmed within the bound.
   `Publisher.send` is the same for the bus's own publishes, with the AMQP properties built by
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aio_pika
 import structlog
@@ -50,6 +53,22 @@ async def broker_op(what: str, limit: float) -> AsyncIterator[None]:
         raise BusUnavailableError(f"{what}: no answer from the broker in {limit:g}s") from exc
     except CONNECTION_EXCEPTIONS as exc:
         raise BusUnavailableError(f"{what}: {exc!r}") from exc
+
+
+async def run_to_end(what: str, limit: float, op: Awaitable[object]) -> None:
+    """`broker_op` for a call that must not be cancelled halfway: aiormq closes the whole channel
+    when a call in flight is cancelled (a timed-out bind would take every delivery of the
+    subscription with it). The caller still gets `BusUnavailableError` at the bound, or its own
+    cancellation; the call itself runs to its end, and a failure after that is logged."""
+    task = asyncio.ensure_future(op)
+    task.add_done_callback(functools.partial(_late_failure, what))
+    async with broker_op(what, limit):
+        await asyncio.shield(task)
+
+
+def _late_failure(what: str, task: asyncio.Future[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("broker call failed", op=what, error=repr(task.exception()))
 
 
 async def close_channel(channel: AbstractRobustChannel, limit: float) -> None:

@@ -43,7 +43,7 @@ from aiormq.abc import DeliveredMessage
 from .. import trace
 from ..base import BusUnavailableError, GapHandler, Handler, LossHandler
 from ..inbox import Inbox
-from .connection import broker_op, close_channel
+from .connection import broker_op, close_channel, run_to_end
 from .messages import from_delivered
 from .rpc import underlay_channel
 
@@ -126,12 +126,14 @@ class RabbitSubscription:
             return
 
     async def bind(self, pattern: str) -> None:
-        async with broker_op(f"bind {pattern!r}", self._op_timeout):
-            await self.queue.bind(self._exchange, pattern)
+        await run_to_end(
+            f"bind {pattern!r}", self._op_timeout, self.queue.bind(self._exchange, pattern)
+        )
 
     async def unbind(self, pattern: str) -> None:
-        async with broker_op(f"unbind {pattern!r}", self._op_timeout):
-            await self.queue.unbind(self._exchange, pattern)
+        await run_to_end(
+            f"unbind {pattern!r}", self._op_timeout, self.queue.unbind(self._exchange, pattern)
+        )
 
     async def stop(self) -> None:
         """Stop handing messages over; the queue goes with the connection."""
