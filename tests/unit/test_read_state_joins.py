@@ -76,6 +76,23 @@ async def test_a_storm_of_joins_into_a_known_room_reads_nothing_per_join(
     assert (await alice.request("userJoin", {"username": "alice", "room": "main"}))["unread"] == 0
 
 
+async def test_a_repeated_join_refreshes_its_read_state_from_memory(
+    server, connect, monkeypatch
+) -> None:
+    alice: ChatClient = await connect()
+    await alice.join("alice")
+    bob: ChatClient = await connect()
+    await bob.join("bob")
+    await alice.say("main", "one")
+    await alice.say("main", "two")
+    await bob.wait_for(lambda f: f["event"] == "updateChat" and f["data"]["body"] == "two")
+    calls = count_store_reads(server.messages, monkeypatch)
+    ops = count_history_ops(server, monkeypatch)
+    again = await bob.request("userJoin", {"username": "bob", "room": "main"})
+    assert again["already"] is True and again["unread"] == 2
+    assert ops == ["read_state"] and sum(calls.values()) == 0
+
+
 @pytest.fixture
 async def history() -> AsyncIterator[tuple[InMemoryBus, InMemoryMessageStore, HistoryService]]:
     bus = InMemoryBus(name="read-state")

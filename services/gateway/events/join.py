@@ -209,9 +209,7 @@ async def _again(
     if "history" not in first and conn.session_hash is not None:
         try:
             async with asyncio.timeout(min(_READ_STATE_SECONDS, gw.settings.request_timeout)):
-                state = await gw.history.recent(
-                    member.room, 1, reader=conn.session_hash, username=conn.username
-                )
+                state = await gw.history.read_state(member.room, conn.session_hash, conn.username)
         except (BusUnavailableError, ProtocolError, TimeoutError) as exc:
             log.info(
                 "read state of a repeated join not refreshed",
