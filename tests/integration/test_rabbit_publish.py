@@ -8,7 +8,6 @@ real broker.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,24 +19,15 @@ from prometheus_client import REGISTRY
 from roomcast.shared.bus import BusUnavailableError, Message, trace
 from roomcast.shared.bus.rabbit import RabbitBus
 from roomcast.shared.topics import Header
-from tests.servers.rabbitmq import machine_broker_url
+from tests.servers.rabbitmq import machine_broker_url, private_exchange_bus
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def bus() -> AsyncIterator[RabbitBus]:
-    exchange = f"test-{uuid.uuid4().hex[:12]}"
-    bus = RabbitBus(machine_broker_url(), exchange=exchange, name=exchange, confirm_timeout=5)
-    await bus.connect()
-    try:
+    async with private_exchange_bus() as bus:
         yield bus
-    finally:
-        await bus.close()
-        connection = await aio_pika.connect(machine_broker_url())
-        async with connection:
-            channel = await connection.channel()
-            await channel.exchange_delete(exchange)
 
 
 async def test_a_message_arrives_with_its_headers_mode_and_an_id(bus: RabbitBus) -> None:

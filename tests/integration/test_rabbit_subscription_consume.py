@@ -6,7 +6,6 @@ restart itself is tests/contract's (on_gap after a reconnect, on_loss before on_
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,24 +16,15 @@ import pytest
 from roomcast.shared.bus import Message
 from roomcast.shared.bus.rabbit import RabbitBus, subscriptions
 from roomcast.shared.bus.rabbit.subscriptions import RabbitSubscription
-from tests.servers.rabbitmq import machine_broker_url
+from tests.servers.rabbitmq import private_exchange_bus
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def bus() -> AsyncIterator[RabbitBus]:
-    exchange = f"test-{uuid.uuid4().hex[:12]}"
-    bus = RabbitBus(machine_broker_url(), exchange=exchange, name=exchange, confirm_timeout=5)
-    await bus.connect()
-    try:
+    async with private_exchange_bus() as bus:
         yield bus
-    finally:
-        await bus.close()
-        connection = await aio_pika.connect(machine_broker_url())
-        async with connection:
-            channel = await connection.channel()
-            await channel.exchange_delete(exchange)
 
 
 class Got:
