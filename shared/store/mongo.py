@@ -330,9 +330,14 @@ class MongoMessageStore(_MongoStore):
         by_room: dict[str, list[str]] = {}
         for room, message_id in keys:
             by_room.setdefault(room, []).append(message_id)
-        query = {"$or": [{"room": room, "id": {"$in": ids}} for room, ids in by_room.items()]}
-        docs = await self._call("find", self._messages.find(query, _MESSAGE_FIELDS).to_list())
-        found = (_message(doc) for doc in docs)
+        # One `{room, id: {$in}}` query per room, not one `$or` of them: each is an index range
+        # on (room, id) everywhere, while SecantusDB answers an `$or` by scanning the whole
+        # collection (120 ms against 1 ms for 20 ids among 5,000 messages), on every batch.
+        found: list[ChatMessage] = []
+        for room, ids in by_room.items():
+            query = {"room": room, "id": {"$in": ids}}
+            docs = await self._call("find", self._messages.find(query, _MESSAGE_FIELDS).to_list())
+            found.extend(_message(doc) for doc in docs)
         return {(m.room, m.id): m for m in found}
 
     async def get(self, room: str, message_id: str) -> ChatMessage | None:
