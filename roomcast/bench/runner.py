@@ -585,7 +585,9 @@ class Bench:
                 "(the default 10/s, burst 20, would refuse the bench's writers)"
             )
         if cfg.batch:
-            notes.append("roomcast clients connect with ?batch=1 (events ready in one loop turn coalesced)")
+            notes.append(
+                "roomcast clients connect with ?batch=1 (events ready in one loop turn coalesced)"
+            )
         if self.options.vs:
             deflate = "on (uvicorn's default)" if self.options.peer_deflate else "off"
             notes.append(
