@@ -47,11 +47,22 @@ class Member:
             held.append(Held(frame, event, message_id, size))
 
     def go_live(self, already_seen: set[str]) -> None:
-        """Release what was held, less the messages the joiner's history already showed."""
+        """Release what was held, less the messages the joiner's history already showed, and
+        less the chat messages held before the last of those: they are older than the history
+        (it holds the newest N, which moved on while the join was answered), so written live
+        they would arrive out of order; the client pages back over HTTP for them like for any
+        message older than its history."""
         held, self.held = self.held or [], None
-        for item in held:
-            if item.message_id is None or item.message_id not in already_seen:
-                self.conn.push(item.frame, item.event, item.size)
+        last = -1
+        for i, item in enumerate(held):
+            if item.message_id is not None and item.message_id in already_seen:
+                last = i
+        for i, item in enumerate(held):
+            if item.message_id is not None and (
+                item.message_id in already_seen or (i < last and item.event == "updateChat")
+            ):
+                continue
+            self.conn.push(item.frame, item.event, item.size)
 
 
 class Membership:

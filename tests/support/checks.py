@@ -22,4 +22,8 @@ async def assert_no_gap_no_duplicate(joiner: ChatClient, sent: dict[str, list[st
         if not mine:
             continue
         start = ids.index(mine[0])
-        assert mine == ids[start:], f"{sender}: a message is missing or out of order"
+        order = [(ids.index(m), "h" if m in history else "l") for m in mine]
+        assert mine == ids[start:], (
+            f"{sender}: a message is missing or out of order for {joiner.username} "
+            f"({len(history)} in history; sent index, h/l for history/live: {order})"
+        )
