@@ -60,7 +60,7 @@ async def test_a_refused_first_join_leaves_no_user_binding(server, connect) -> N
     # the impostor's bind was undone: once alice's socket is gone, nothing holds the pattern
     # (an unbind runs to its end behind the close, so it is waited for, within a bound)
     async with asyncio.timeout(10):
-        while (
+        while (  # noqa: ASYNC110 - a state of the gateway, no event to wait on
             gw.membership.user_connections("alice")
             or gw.membership.bindings.serial(pattern) is not None
         ):
