@@ -24,7 +24,7 @@ from .connection import count_out
 from .membership import Membership
 from .metrics import FANOUT
 from .roomcache import RoomCache
-from .shedding import Shedder
+from .shedding import Shedder, age_of
 
 
 @dataclass(slots=True)
@@ -86,6 +86,7 @@ class Relay:
         body = message.body  # the final client frame: the same bytes go to every socket
         headers = message.headers
         size = len(body)
+        age = age_of(headers.get(Header.SENT_AT))  # read once: shedding and the fan-out metric
         if route.kind == "room":
             message_id = headers.get(Header.MESSAGE_ID)
             if message_id is not None:
@@ -95,11 +96,10 @@ class Relay:
                 self.last_ids[route.name] = message_id
             event = route.event
             self._cache.note(route.name, event, body)
-            if self._shedder is not None:
-                age = self._shedder.lag(headers.get(Header.SENT_AT))
-                if age is not None:
-                    self._shedder.shed(route.name, self._membership.members(route.name), age)
-                    return
+            shedder = self._shedder
+            if shedder is not None and age is not None and shedder.behind(age):
+                shedder.shed(route.name, self._membership.members(route.name), age)
+                return
             origin = headers.get(Header.ORIGIN)
             not_to = headers.get(Header.NOT_TO)
             now = time.monotonic()
@@ -118,9 +118,8 @@ class Relay:
         elif route.kind == "user":
             for conn in self._membership.user_connections(route.name):
                 conn.push(body, route.event, size)
-        sent = headers.get(Header.SENT_AT)
-        if sent is not None:
-            FANOUT.observe(max(0.0, time.time() - float(sent)))
+        if age is not None:
+            FANOUT.observe(max(0.0, age))
 
     def first_time(self, room: str, message_id: str, publication: str, frame: str) -> bool:
         """Whether this chat message is news here (and remember it as relayed)."""

@@ -27,22 +27,25 @@ from .metrics import SHED
 log = structlog.get_logger(__name__)
 
 
+def age_of(sent: str | None, wall: Callable[[], float] = time.time) -> float | None:
+    """Seconds since an event's publication, from its `sent-at` header (seconds since the
+    epoch); None when it is unstamped or the stamp is not a number."""
+    if sent is None:
+        return None
+    try:
+        return wall() - float(sent)
+    except ValueError:
+        return None
+
+
 class Shedder:
-    def __init__(self, max_lag: float, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, max_lag: float) -> None:
         self._max_lag = max_lag
-        self._wall = wall
         self._throttle = LogThrottle(burst=3, window=10.0)
 
-    def lag(self, sent: str | None) -> float | None:
-        """How far past the bound an event published at `sent` (seconds since the epoch, as
-        the header carries it) arrives, or None when it is within it (or unstamped)."""
-        if sent is None:
-            return None
-        try:
-            age = self._wall() - float(sent)
-        except ValueError:
-            return None
-        return age if age > self._max_lag else None
+    def behind(self, age: float) -> bool:
+        """Whether an event that took `age` seconds from its publication is past the bound."""
+        return age > self._max_lag
 
     def shed(self, room: str, members: Iterable[Member], age: float) -> int:
         """Close the room's live sockets (1013); returns how many. Joiners still held get the

@@ -9,7 +9,7 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from roomcast.gateway.shedding import Shedder
+from roomcast.gateway.shedding import Shedder, age_of
 from roomcast.shared import topics
 from roomcast.shared.frames import encode_event
 from roomcast.shared.topics import Header
@@ -87,9 +87,14 @@ async def test_a_fresh_event_is_delivered_and_a_bad_stamp_is_not_shed(connect, s
 
 
 def test_the_lag_is_past_the_bound_or_none() -> None:
-    shedder = Shedder(10.0, wall=lambda: 1000.0)
-    assert shedder.lag(None) is None
-    assert shedder.lag("not a time") is None
-    assert shedder.lag("995.0") is None
-    assert shedder.lag("990.0") is None  # exactly at the bound: not past it
-    assert shedder.lag("985.5") == pytest.approx(14.5)
+    shedder = Shedder(10.0)
+
+    def lag(sent: str | None) -> float | None:
+        age = age_of(sent, wall=lambda: 1000.0)
+        return age if age is not None and shedder.behind(age) else None
+
+    assert lag(None) is None
+    assert lag("not a time") is None
+    assert lag("995.0") is None
+    assert lag("990.0") is None  # exactly at the bound: not past it
+    assert lag("985.5") == pytest.approx(14.5)
