@@ -79,6 +79,7 @@ def user_event(username: str, event: str) -> str:
 
 
 def user_pattern(username: str) -> str:
+    """One user's events (gateways bind `USER_EVENTS` instead: see there)."""
     return f"user.{username}.*"
 
 
@@ -105,3 +106,7 @@ def disconnect_user(username: str) -> str:
 HISTORY_PATTERNS = ["room.*.updateChat", "history.*"]
 PRESENCE_PATTERNS = ["presence.*"]
 MODERATION_PATTERNS = ["moderation.*", "disconnect.*"]
+USER_EVENTS = "user.*.*"
+"""Every user's events, bound once by each gateway when its subscription starts: users' events
+are rare (invitations, read markers), while a broker bind and unbind per user made every first
+join of a connection pay RabbitMQ's costliest operation; the gateway routes them to its own connections of that user and drops the rest."""

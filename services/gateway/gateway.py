@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from roomcast.shared import topics
 from roomcast.shared.bus import Bus, BusUnavailableError, Subscription
 from roomcast.shared.config import Settings
 from roomcast.shared.models import RevClock
@@ -102,6 +103,8 @@ class ChatGateway:
             on_loss=self._on_loss,
         )
         self.membership.bindings.attach(self._subscription)
+        # every user's events, once for all (routed locally by username: `Relay`)
+        await self.membership.bindings.hold(topics.USER_EVENTS)
         await self.moderation.start()
         self._heartbeat.start()
 

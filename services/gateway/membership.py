@@ -1,5 +1,6 @@
 """Which local sockets are in which room, and which users are on this gateway: the one record of
-it, with the bus bindings that follow from it.
+it, with the rooms' bus bindings that follow from it (users' events come through one binding of
+the gateway's, `topics.USER_EVENTS`, and are routed here by username).
 
 A socket enters a room as a `Member` whose room events are held back while its join is answered
 (so they can follow its `msgHistory`), and goes live after. Presence is told of a member only
@@ -10,7 +11,6 @@ disagree.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -132,47 +132,11 @@ class Membership:
         if self._forget(member):
             await self.bindings.release(topics.room_pattern(member.room))
 
-    def bind_user(self, username: str) -> asyncio.Future[None]:
-        """Start binding the user's own events now, while its join is being admitted: the broker
-        does binds one at a time, and a storm of joins would otherwise queue for them after
-        presence answered. Nothing reaches a connection before `identify`; hand the binding to
-        it, or to `unbind_user` when the join fails."""
-        return asyncio.ensure_future(self.bindings.hold(topics.user_pattern(username)))
-
-    async def unbind_user(self, binding: asyncio.Future[None], username: str) -> None:
-        """Undo a `bind_user` that no connection took over."""
-        if not binding.done():
-            binding.cancel()
-        try:
-            await binding
-        except BaseException:  # failed or cancelled: `hold` counted itself out
-            return
-        await self.bindings.release(topics.user_pattern(username))
-
-    async def identify(
-        self, conn: Connection, username: str, binding: asyncio.Future[None] | None = None
-    ) -> None:
-        """Route the user's own events (invitations) to this connection too (`binding`: the
-        user's binding started by `bind_user`, which this takes over)."""
-        conns = self._users.setdefault(username, set())
-        if conn in conns:
-            if binding is not None:
-                await self.unbind_user(binding, username)
-            return
-        conns.add(conn)
-        try:
-            await (
-                binding
-                if binding is not None
-                else self.bindings.hold(topics.user_pattern(username))
-            )
-        except BaseException:
-            # not bound for this connection (`hold` counted itself out): forget it, and leave
-            # the binding the user's other connections hold
-            conns.discard(conn)
-            if not conns:
-                del self._users[username]
-            raise
+    def identify(self, conn: Connection, username: str) -> None:
+        """Route the user's own events (invitations, read markers) to this connection too, once
+        presence admitted it. They reach every gateway (`topics.USER_EVENTS`, bound once at
+        start), so this is local state alone: a refused join never gets here."""
+        self._users.setdefault(username, set()).add(conn)
 
     async def close(self, conn: Connection) -> list[str]:
         """Forget a closed connection everywhere; returns the rooms presence had admitted it to."""
@@ -184,7 +148,7 @@ class Membership:
             await self.leave(member)
         self._of.pop(conn, None)
         if conn.username is not None:
-            await self._drop_user(conn, conn.username)
+            self._drop_user(conn, conn.username)
         return admitted
 
     def _forget(self, member: Member) -> bool:
@@ -198,11 +162,10 @@ class Membership:
             del self._rooms[member.room]
         return True
 
-    async def _drop_user(self, conn: Connection, username: str) -> None:
+    def _drop_user(self, conn: Connection, username: str) -> None:
         conns = self._users.get(username)
         if conns is None or conn not in conns:
             return
         conns.discard(conn)
         if not conns:
             del self._users[username]
-        await self.bindings.release(topics.user_pattern(username))

@@ -79,14 +79,10 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         )
     member = await gw.membership.enter(conn, room)
     sourcing = _history(gw, room, data, hashed, username)
-    # a connection's first join binds its user's events meanwhile, taken over once admitted
-    binding = gw.membership.bind_user(username) if conn.username is None else None
     try:
         admission = await gw.presence.join(conn.id, username, hashed, room)
     except BaseException as exc:
         await _drop(sourcing)
-        if binding is not None:
-            await gw.membership.unbind_user(binding, username)
         await gw.membership.leave(member)
         if isinstance(exc, BusUnavailableError):
             await gw.presence.forget(conn.id, room)
@@ -98,7 +94,7 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
         conn.username, conn.session, conn.session_hash = username, session, hashed
         if identity is not None:
             signin.hold(conn, identity)
-        await gw.membership.identify(conn, username, binding)
+        gw.membership.identify(conn, username)
     source = await sourcing  # never fails: history's failures are a join without history
     messages = await source.messages()
     conn.push(event_frame("msgHistory", messages, room=room), "msgHistory")
