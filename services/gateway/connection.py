@@ -1,13 +1,14 @@
 """One client's WebSocket: its frames read in the socket's own task, and a bounded send queue
-flushed once per loop iteration.
+flushed at the end of the loop iteration, or once per short interval while the gateway is busy.
 
 Outgoing events are already-encoded text shared by every socket of a room; the queue holds
-references, not copies. Nothing waits between an event and its write: the first event queued
-in a loop iteration schedules one flush (`loop.call_soon`) that writes what queued meanwhile
-(the bus hands over many messages per read under load). With `batch=1` that is one frame, one
-event per line; without, one frame per event, written in one call. While the transport is
-above its high-water mark a task waits for it to drain and events queue meanwhile (coalesced
-again for `batch=1`). The queue is bounded in bytes and in age (PROTOCOL.md 2.2): a socket whose
+references, not copies. The first event queued asks the loop's `FlushScheduler` for one flush
+(`flushing.py`), which writes what queued meanwhile: at the end of the iteration while the
+gateway is idle, so nothing waits between an event and its write, and at most once per interval
+while it is busy, so the events of several iterations share a write. With `batch=1` that is one
+frame, one event per line; without, one frame per event, written in one call. While the
+transport is above its high-water mark a task waits for it to drain and events queue meanwhile
+(coalesced again for `batch=1`). The queue is bounded in bytes and in age (PROTOCOL.md 2.2): a socket whose
 unsent events pass `send_queue_bytes`, or whose oldest unsent event waited longer than
 `send_queue_seconds`, is closed with 1013 and recovers with `since`, instead of growing the
 gateway's memory.
@@ -30,6 +31,7 @@ import structlog
 
 from roomcast.shared.auth import Identity
 
+from .flushing import FlushScheduler, scheduler
 from .metrics import FRAMES_OUT, SLOW_CLOSES
 from .ratelimit import TokenBucket
 from .rawsend import Sink, batches
@@ -88,8 +90,8 @@ class Connection:
         "_close_code",
         "_deadline",
         "_flusher",
+        "_flushes",
         "_last_code",
-        "_loop",
         "_max_age",
         "_max_bytes",
         "_pending",
@@ -116,6 +118,7 @@ class Connection:
         limiters: Limiters,
         clock: Callable[[], float] = time.monotonic,
         ticker: object = None,  # deprecated: a ticker meant batch=1 (there is no tick now)
+        flushes: FlushScheduler | None = None,  # the loop's own (`flushing.scheduler`) if None
     ) -> None:
         self.id = uuid.uuid4().hex
         self.username: str | None = None
@@ -130,7 +133,7 @@ class Connection:
         self._max_bytes = queue_bytes
         self._max_age = queue_seconds
         self._clock = clock
-        self._loop = asyncio.get_running_loop()
+        self._flushes = flushes if flushes is not None else scheduler()
         # unsent events, made by the first one queued and dropped once they are written; a
         # flush is scheduled exactly while it is not None and no `_flusher` runs
         self._pending: list[Pending] | None = None
@@ -158,7 +161,7 @@ class Connection:
             self._pending = [(frame, size, now)]
             self._queued_bytes = size
             if self._flusher is None:
-                self._loop.call_soon(self._flush)
+                self._flushes.want(self)
             return
         if self._queued_bytes + size > self._max_bytes or now - pending[0][2] > self._max_age:
             self._too_slow()
@@ -166,20 +169,21 @@ class Connection:
         pending.append((frame, size, now))
         self._queued_bytes += size
 
-    def _flush(self) -> None:
-        """Write what queued since the last flush, now; wait for a drain in a task only when
-        the transport is above its high-water mark or the socket cannot be written directly."""
+    def flush(self) -> None:
+        """Write what queued since the last flush, now (`flushing.py` says when that is); wait
+        for a drain in a task only when the transport is above its high-water mark or the socket
+        cannot be written directly."""
         pending = self._pending
         if self._flusher is not None or pending is None or self._close_code is not None:
             return
         payloads = [f if isinstance(f, bytes) else f.encode() for f, _, _ in pending]
         if not self._sink.write(payloads, self._batch):
-            self._flusher = self._loop.create_task(self._send_slowly())
+            self._flusher = asyncio.get_running_loop().create_task(self._send_slowly())
             return
         self._pending = None
         self._queued_bytes = 0
         if self._sink.blocked():
-            self._flusher = self._loop.create_task(self._drain())
+            self._flusher = asyncio.get_running_loop().create_task(self._drain())
         elif self._last_code is not None:
             self.close_soon(self._last_code)
 
@@ -188,7 +192,7 @@ class Connection:
             await self._sink.drain()
         finally:
             self._flusher = None
-        self._flush()
+        self.flush()
 
     async def _send_slowly(self) -> None:
         """The path through the server's own send (ASGI): one awaited send per frame."""
