@@ -212,8 +212,8 @@ class Deployment:
 
 
 # passed on from the bench's own environment: stage timestamps (roomcast.shared.bus.trace),
-# reported per stage when set
-PASSED_ON = ("ROOMCAST_TRACE_STAGES",)
+# reported per stage when set; the gateway's flush pacing (roomcast.gateway.flushing), to compare
+PASSED_ON = ("ROOMCAST_TRACE_STAGES", "ROOMCAST_FLUSH_PACE_MS")
 
 
 def _base_env() -> dict[str, str]:
