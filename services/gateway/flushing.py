@@ -11,7 +11,8 @@ with `batch=1`, one frame): fewer system calls when CPU is what runs out, at the
 `interval` of latency then. While the gateway is idle nothing waits, so low-load latency is that
 of an immediate write; busy or not, an event after a quiet `interval` is written at the end of
 its turn. The share is read from the process's CPU clock at most once per `window`, with
-hysteresis (idle again below half of `busy_share`) so the mode does not flap at the line.
+hysteresis (idle again below half of `busy_share`) so the mode does not flap at the line. The
+interval is `ROOMCAST_FLUSH_PACE_MS` (default 4; 0 turns pacing off).
 
 One scheduler per event loop serves every socket: one callback per flush for all of them, not a
 callback handle per socket and event.
@@ -20,6 +21,7 @@ callback handle per socket and event.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import weakref
 from collections.abc import Callable
@@ -30,7 +32,18 @@ from prometheus_client import Counter, Gauge
 
 log = structlog.get_logger(__name__)
 
-INTERVAL = 0.004  # seconds between flushes while busy
+
+def interval_ms(raw: str | None, default: float = 4.0) -> float:
+    """`ROOMCAST_FLUSH_PACE_MS`: milliseconds between flushes while busy (0: never paced; at most
+    50, since an event may wait that long); an unreadable value is the default."""
+    try:
+        value = float(raw) if raw is not None and raw.strip() else default
+    except ValueError:
+        return default
+    return min(max(value, 0.0), 50.0)
+
+
+INTERVAL = interval_ms(os.environ.get("ROOMCAST_FLUSH_PACE_MS")) / 1000  # read once, at import
 BUSY_SHARE = 0.5  # of one CPU, over a window
 WINDOW = 0.25  # seconds over which the CPU share is measured
 
@@ -94,7 +107,7 @@ class FlushScheduler:
         if now - self._window_start >= self._window and now > self._window_start:
             self._measure(now)
         due = self._last + self._interval
-        if self._busy and due > now:
+        if self._busy and due > now and self._interval:
             self._loop.call_at(due, self._run, True)
         else:
             self._loop.call_soon(self._run, False)

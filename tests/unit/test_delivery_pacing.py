@@ -12,7 +12,7 @@ from dataclasses import fields
 from prometheus_client import REGISTRY
 
 from roomcast.gateway.connection import Connection, Limiters
-from roomcast.gateway.flushing import FlushScheduler
+from roomcast.gateway.flushing import FlushScheduler, interval_ms
 from roomcast.gateway.ratelimit import TokenBucket
 from roomcast.gateway.rawsend import Sink
 
@@ -201,3 +201,21 @@ async def test_a_failing_socket_does_not_keep_the_others_unwritten() -> None:
     _conn(good, flushes).push(b"a", "updateChat")
     await _turns()
     assert good.writes == [[b"a"]]
+
+
+def test_the_pace_is_read_from_the_environment_within_bounds() -> None:
+    assert interval_ms(None) == 4.0
+    assert interval_ms("2.5") == 2.5
+    assert interval_ms("0") == 0.0
+    assert interval_ms("1000") == 50.0
+    assert interval_ms("fast") == 4.0
+
+
+async def test_a_pace_of_zero_never_makes_an_event_wait() -> None:
+    loop = asyncio.get_running_loop()
+    flushes = FlushScheduler(loop, interval=0.0, window=WINDOW, cpu=Cpu(loop, 0.9))
+    sink = FakeSink()
+    conn = await _warm(flushes, sink)
+    conn.push(b"a", "updateChat")
+    await _turns()
+    assert flushes.busy and sink.writes == [[b"first"], [b"a"]]
