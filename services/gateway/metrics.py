@@ -29,3 +29,8 @@ SHED = Counter(
     "Room events that reached this gateway later than the send queue's age bound: not written; "
     "the room's local sockets were closed (1013) to recover with `since`",
 )
+READ_STATE_BATCH = Histogram(
+    "roomcast_gateway_read_state_batch_size",
+    "Read states asked of history in one `read_states` request (a turn's joins)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
