@@ -35,6 +35,9 @@ class IndexedStore:
     async def ping(self) -> bool:
         return await self._store.ping()
 
+    def forget_counters(self) -> None:
+        self._store.forget_counters()
+
     async def insert_many(
         self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None
     ) -> list[ChatMessage]:

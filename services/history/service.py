@@ -12,10 +12,11 @@ also the stores' one writer, which their revs rely on.
 Reads are answered in `reads`, changes in `changes`; a store that does not answer refuses them
 `unavailable` and requeues writes.
 
-Read states (`lastRead`/`unread`) come from memory (`ReadIndex`, behind `IndexedStore`), which
-relies on this replica being the one writer: when its broker connection is lost, another
-replica may take over and write, so the index is cleared then (a private subscription of no
-bindings reports the loss), and again when the connection is back.
+Read states (`lastRead`/`unread`) come from memory (`ReadIndex`, behind `IndexedStore`), and
+so do the store's seq and rev counters between reservations; both rely on this replica being
+the one writer: when its broker connection is lost, another replica may take over and write, so
+they are forgotten then (a private subscription of no bindings reports the loss), and again
+when the connection is back.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class HistoryService:
         self._watch = await self._bus.subscribe(
             _nothing,
             name="history-takeover",
-            on_loss=lambda: self.index.reset("connection_lost"),
+            on_loss=lambda: self._forget("connection_lost"),
             on_gap=self._reconnected,
         )
         self._consumer = await self._bus.consume(
@@ -156,7 +157,12 @@ class HistoryService:
                 await self._watch.close()
 
     async def _reconnected(self) -> None:
-        self.index.reset("reconnected")
+        self._forget("reconnected")
+
+    def _forget(self, reason: str) -> None:
+        """Another replica may have written: what this one holds of the store is read again."""
+        self.index.reset(reason)
+        self._store.forget_counters()
 
     async def _handle(self, message: Message) -> None:
         self.index.delivered()

@@ -84,7 +84,8 @@ class MessageStore(Protocol):
     edits and deletes compare it with the requester's (or, for a message stored without one,
     the usernames). Refusals are `ProtocolError`s: `not_found` (no such message in the room,
     or it is deleted, for an edit or a reaction), `forbidden`, `invalid` (too many emoji).
-    The store assumes one writer at a time (history's single active consumer).
+    The store assumes one writer at a time (history's single active consumer), which calls
+    `forget_counters` whenever another may have written meanwhile.
     """
 
     async def open(self) -> None:
@@ -94,6 +95,10 @@ class MessageStore(Protocol):
 
     async def ping(self) -> bool:
         """Whether the database answers now (for /readyz)."""
+
+    def forget_counters(self) -> None:
+        """Forget the seq and rev counters held in memory since they were read (the one writer
+        hands them out between reservations): another writer may have written meanwhile."""
 
     async def insert_many(
         self, messages: list[ChatMessage], authors: Sequence[str | None] | None = None

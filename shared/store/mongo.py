@@ -11,14 +11,18 @@ Documents:
   `seq` gives the order the messages were stored in; `rev` (PROTOCOL.md 2.3) grows with every
   change to a room. Indexes: unique `(room, id)` (idempotent writes), `(room, seq)` (newest N,
   after/before a message) and `(room, rev)` (`since_rev`).
-- `revs`: `{_id: room, rev}`, the room's largest rev. A change reads it, takes the next rev and
-  raises it with `$max` before writing the message, so a crash in between leaves a gap, never a
-  repeat. Reading then raising is safe with one writer: history's single active consumer.
+- `revs`: `{_id: room, rev}`, at least the room's largest rev. The writer reads it once per room,
+  then hands revs out from memory (`counters.RoomRevs`) and, before writing a rev above it,
+  raises it with `$max` some way ahead of that rev: a crash in between leaves a gap, never a
+  repeat, and a writer that takes over starts above every rev handed out. Reading then raising
+  is safe with one writer: history's single active consumer, which calls `forget_counters`
+  when another replica may have written meanwhile.
 - `markers`: `{room, reader, id, seq}`, a reader's read marker (`seq` of its message), unique on
   `(room, reader)`; it only moves to a larger `seq`.
-- `counters`: `{_id: "messages", seq}`, the last `seq` handed out. `insert_many` reserves one
-  block of numbers per call with an atomic `$inc`, so concurrent writers never share a number
-  (history has a single active writer anyway; with more, their batches would interleave).
+- `counters`: `{_id: "messages", seq}`, the last `seq` reserved. The writer reserves a block of
+  numbers at a time with an atomic `$inc` (`counters.SeqBlock`) and hands them out from memory,
+  so concurrent writers never share a number (history has a single active writer anyway; with
+  more, their batches would interleave); what a block leaves unused is a gap.
 - `rooms`: one document per private room, `{_id: room, members: [{username, session_hash}] * 2}`.
   Only session hashes are stored, never sessions.
 - `names`: one document per reserved name, `{_id: key, username, session_hash, expires,
@@ -43,6 +47,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
+from prometheus_client import Counter
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -65,14 +70,23 @@ from .base import (
     deleted,
     edited,
     lifted,
-    next_rev,
     not_found,
     owned,
     reacted,
     sanctioned,
 )
+from .counters import RoomRevs, SeqBlock
 
 log = structlog.get_logger(__name__)
+
+RESERVATIONS = Counter(
+    "roomcast_store_counter_reservations_total",
+    "Round trips that reserved seq numbers or raised rooms' rev counters ahead",
+    ["counter"],
+)  # counter: "seq" or "rev"
+REVS_LOADED = Counter(
+    "roomcast_store_room_revs_loaded_total", "Rooms whose rev counter the writer read"
+)
 
 Document = dict[str, Any]
 T = TypeVar("T")
@@ -195,7 +209,21 @@ def _unavailable(operation: str, exc: PyMongoError) -> StoreUnavailableError:
 
 
 class MongoMessageStore(_MongoStore):
-    """`MessageStore` on MongoDB: messages of every room, in stored order, unique on (room, id)."""
+    """`MessageStore` on MongoDB: messages of every room, in stored order, unique on (room, id).
+
+    Its `seq` and rev counters are handed out from memory between reservations (see the module
+    docstring), which is safe for the one writer it assumes."""
+
+    def __init__(self, url: str, db: str, **options: Any) -> None:
+        """As `_MongoStore`."""
+        super().__init__(url, db, **options)
+        self._seqs = SeqBlock()
+        self._revs = RoomRevs()
+
+    def forget_counters(self) -> None:
+        """Another writer may have written: read the counters again before the next write."""
+        self._seqs = SeqBlock()
+        self._revs = RoomRevs()
 
     @property
     def _messages(self) -> AsyncCollection[Document]:
@@ -231,9 +259,9 @@ class MongoMessageStore(_MongoStore):
         given, holds each message's author identity.
 
         Returns, for each input in order, the message as stored, with its rev: the earlier one
-        for a repeat (stored by an earlier call, or earlier in this list). Repeats are looked up
-        first, so they take no rev; one that only the insert finds (a racing second writer)
-        has taken one: a gap, harmless.
+        for a repeat (stored by an earlier call, or earlier in this list). The unique (room, id)
+        index finds repeats of earlier calls, which are rare (a redelivery, a retried publish):
+        one has taken a rev and a seq then, a gap, harmless; only then are they read back.
         """
         return (await self.insert_new(messages, authors)).messages
 
@@ -251,17 +279,12 @@ class MongoMessageStore(_MongoStore):
             if key not in firsts:
                 firsts[key] = message
                 author_of[key] = authors[i] if authors is not None else None
-        known = await self._find_many(list(firsts))
-        new_keys = [key for key in firsts if key not in known]
-        firsts.update(known)
-        if not new_keys:
-            return Inserted([firsts[(m.room, m.id)] for m in messages], [False] * len(messages))
+        new_keys = list(firsts)
         revs = await self._take_revs([(room, firsts[(room, i)].rev) for room, i in new_keys])
         for key, rev in zip(new_keys, revs, strict=True):
             firsts[key] = firsts[key].model_copy(update={"rev": rev})
         fresh = [firsts[key] for key in new_keys]
-        last = await self._reserve_seq(len(fresh))
-        first_seq = last - len(fresh) + 1
+        first_seq = await self._take_seqs(len(fresh))
         docs = [_document(m, author_of[(m.room, m.id)], first_seq + i) for i, m in enumerate(fresh)]
         duplicates: list[tuple[str, str]] = []
         try:
@@ -285,6 +308,16 @@ class MongoMessageStore(_MongoStore):
         return Inserted(
             [firsts[(m.room, m.id)] for m in messages], _fresh(messages, new_keys, duplicates)
         )
+
+    async def _take_seqs(self, count: int) -> int:
+        """The first of `count` seq numbers in a row, from memory while the block lasts."""
+        block = self._seqs
+        first = block.take(count)
+        if first is None:
+            size = block.wanted(count)
+            first = block.reserved(await self._reserve_seq(size), size, count)
+            RESERVATIONS.labels("seq").inc()
+        return first
 
     async def _reserve_seq(self, count: int) -> int:
         """Reserve `count` numbers; returns the last one (the block ends there).
@@ -310,21 +343,29 @@ class MongoMessageStore(_MongoStore):
 
     async def _take_revs(self, proposals: list[tuple[str, int]]) -> list[int]:
         """The revs of changes to come, one per (room, proposed rev) in order, each above the
-        room's largest so far; the rooms' counters are raised before anything is written."""
+        room's largest so far; a room's stored counter is read the first time, and raised
+        (ahead) before a rev above it is returned."""
+        revs = self._revs
         rooms = list(dict.fromkeys(room for room, _ in proposals))
-        counters = await self._call(
-            "find revs", self._db[REVS].find({"_id": {"$in": rooms}}).to_list()
-        )
-        tops = {str(doc["_id"]): int(doc.get("rev", 0)) for doc in counters}
-        revs = []
-        for room, proposed in proposals:
-            tops[room] = next_rev(proposed, tops.get(room, 0))
-            revs.append(tops[room])
-        raise_to = [
-            UpdateOne({"_id": room}, {"$max": {"rev": tops[room]}}, upsert=True) for room in rooms
-        ]
-        await self._call("raise revs", self._db[REVS].bulk_write(raise_to, ordered=False))
-        return revs
+        while missing := revs.unknown(rooms):  # once, unless a load let some go meanwhile
+            docs = await self._call(
+                "find revs", self._db[REVS].find({"_id": {"$in": missing}}).to_list()
+            )
+            stored = {str(doc["_id"]): int(doc.get("rev", 0)) for doc in docs}
+            for room in missing:
+                revs.loaded(room, stored.get(room, 0))
+            REVS_LOADED.inc(len(missing))
+        taken = [revs.take(room, proposed) for room, proposed in proposals]
+        tops = revs.to_raise(rooms)
+        if tops:
+            raise_to = [
+                UpdateOne({"_id": room}, {"$max": {"rev": top}}, upsert=True)
+                for room, top in tops.items()
+            ]
+            await self._call("raise revs", self._db[REVS].bulk_write(raise_to, ordered=False))
+            revs.raised(tops)
+            RESERVATIONS.labels("rev").inc()
+        return taken
 
     async def _find_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], ChatMessage]:
         by_room: dict[str, list[str]] = {}
