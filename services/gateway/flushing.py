@@ -4,14 +4,17 @@ while the gateway is busy, at most once per short interval.
 Why: each write is a `send()` system call, the largest share of a delivery's CPU (about half of
 the gateway's samples at saturation, docs/performance.md). At a few hundred room events per
 second a socket's events arrive in different loop turns, so writing at the end of every turn
-costs one `send()` per event per socket. While the gateway is busy (its process used at least
-`busy_share` of a CPU over the last `window`) a flush that comes less than `interval` after the
+costs one `send()` per event per socket. While the gateway is busy (its loop's thread wanted a
+CPU, running or waiting to run, for at least `busy_share` of the last `window`) a flush that
+comes less than `interval` after the
 previous one waits for the rest of it, so the events of several turns share one `send()` (and,
 with `batch=1`, one frame): fewer system calls when CPU is what runs out, at the price of at most
 `interval` of latency then. While the gateway is idle nothing waits, so low-load latency is that
 of an immediate write; busy or not, an event after a quiet `interval` is written at the end of
-its turn. The share is read from the process's CPU clock at most once per `window`, with
-hysteresis (idle again below half of `busy_share`) so the mode does not flap at the line. The
+its turn. The share is measured at most once per `window`, with hysteresis (idle again below
+half of `busy_share`) so the mode does not flap at the line. Waiting to run counts: a gateway
+that shares its cores with other busy processes gets less CPU than it wants, and by its CPU time
+alone would look idle exactly when it has the least to spare (`Demand`). The
 interval is `ROOMCAST_FLUSH_PACE_MS` (default 4; 0 turns pacing off).
 
 One scheduler per event loop serves every socket: one callback per flush for all of them, not a
@@ -44,7 +47,7 @@ def interval_ms(raw: str | None, default: float = 4.0) -> float:
 
 
 INTERVAL = interval_ms(os.environ.get("ROOMCAST_FLUSH_PACE_MS")) / 1000  # read once, at import
-BUSY_SHARE = 0.5  # of one CPU, over a window
+BUSY_SHARE = 0.5  # of the wall time, over a window
 WINDOW = 0.25  # seconds over which the CPU share is measured
 
 FLUSHES = Counter(
@@ -63,6 +66,30 @@ PACED = Gauge(
 )
 
 
+class Demand:
+    """Seconds the calling thread ran or waited on a run queue (Linux's schedstat), read with one
+    `pread`; where that file is missing, the thread's CPU time alone."""
+
+    def __init__(self, path: str = "/proc/thread-self/schedstat") -> None:
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def __call__(self) -> float:
+        if self._fd is not None:
+            try:
+                ran, waited = os.pread(self._fd, 128, 0).split()[:2]
+                return (int(ran) + int(waited)) / 1e9
+            except (OSError, ValueError):
+                self._fd = None
+        return time.thread_time()
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
 class Flushable(Protocol):
     def flush(self) -> None: ...
 
@@ -77,19 +104,19 @@ class FlushScheduler:
         interval: float = INTERVAL,
         busy_share: float = BUSY_SHARE,
         window: float = WINDOW,
-        cpu: Callable[[], float] = time.process_time,
+        demand: Callable[[], float] | None = None,  # seconds wanted so far; `Demand()` if None
     ) -> None:
         self._loop = loop
         self._interval = interval
         self._busy_share = busy_share
         self._window = window
-        self._cpu = cpu
+        self._demand = demand if demand is not None else Demand()
         self._due: list[Flushable] = []
         self._scheduled = False
         self._last = -interval  # loop time of the last flush
         self._busy = False
         self._window_start = loop.time()
-        self._window_cpu = cpu()
+        self._window_demand = self._demand()
         self._turn = FLUSHES.labels("turn").inc
         self._paced = FLUSHES.labels("paced").inc
 
@@ -113,14 +140,14 @@ class FlushScheduler:
             self._loop.call_soon(self._run, False)
 
     def _measure(self, now: float) -> None:
-        cpu = self._cpu()
-        share = (cpu - self._window_cpu) / (now - self._window_start)
-        self._window_start, self._window_cpu = now, cpu
+        wanted = self._demand()
+        share = (wanted - self._window_demand) / (now - self._window_start)
+        self._window_start, self._window_demand = now, wanted
         busy = share >= (self._busy_share / 2 if self._busy else self._busy_share)
         if busy != self._busy:
             self._busy = busy
             PACED.set(1 if busy else 0)
-            log.info("gateway flush pacing", paced=busy, cpu_share=round(share, 2))
+            log.info("gateway flush pacing", paced=busy, demand_share=round(share, 2))
 
     def _run(self, paced: bool) -> None:
         due, self._due = self._due, []

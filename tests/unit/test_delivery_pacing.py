@@ -6,13 +6,15 @@ bounds and order hold while paced."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
 from roomcast.gateway.connection import Connection, Limiters
-from roomcast.gateway.flushing import FlushScheduler, interval_ms
+from roomcast.gateway.flushing import Demand, FlushScheduler, interval_ms
 from roomcast.gateway.ratelimit import TokenBucket
 from roomcast.gateway.rawsend import Sink
 
@@ -38,7 +40,7 @@ class FakeSink(Sink):
 
 
 class Cpu:
-    """A process CPU clock that runs at `share` of the loop's clock."""
+    """A demand clock (`flushing.Demand`) that runs at `share` of the loop's clock."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, share: float) -> None:
         self._loop = loop
@@ -60,7 +62,7 @@ async def _closed(_: int) -> None:
 def _scheduler(share: float) -> tuple[FlushScheduler, Cpu]:
     loop = asyncio.get_running_loop()
     cpu = Cpu(loop, share)
-    return FlushScheduler(loop, interval=INTERVAL, window=WINDOW, cpu=cpu), cpu
+    return FlushScheduler(loop, interval=INTERVAL, window=WINDOW, demand=cpu), cpu
 
 
 def _conn(
@@ -213,9 +215,23 @@ def test_the_pace_is_read_from_the_environment_within_bounds() -> None:
 
 async def test_a_pace_of_zero_never_makes_an_event_wait() -> None:
     loop = asyncio.get_running_loop()
-    flushes = FlushScheduler(loop, interval=0.0, window=WINDOW, cpu=Cpu(loop, 0.9))
+    flushes = FlushScheduler(loop, interval=0.0, window=WINDOW, demand=Cpu(loop, 0.9))
     sink = FakeSink()
     conn = await _warm(flushes, sink)
     conn.push(b"a", "updateChat")
     await _turns()
     assert flushes.busy and sink.writes == [[b"first"], [b"a"]]
+
+
+def test_demand_counts_at_least_the_threads_cpu_time() -> None:
+    demand = Demand()
+    before, cpu_before = demand(), time.thread_time()
+    total = 0
+    while time.thread_time() - cpu_before < 0.05:
+        total += 1
+    assert demand() - before >= (time.thread_time() - cpu_before) * 0.9
+
+
+def test_demand_without_schedstat_is_the_threads_cpu_time(tmp_path: Path) -> None:
+    demand = Demand(str(tmp_path / "missing"))
+    assert abs(demand() - time.thread_time()) < 0.01
