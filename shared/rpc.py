@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -29,6 +29,9 @@ RemoteError = ProtocolError
 
 class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # what the service that answers with this model takes besides (`result` puts each beside
+    # the result, where a caller of an older version does not look): how callers learn
+    ADVERTISES: ClassVar[tuple[str, ...]] = ()
 
 
 # presence.* ----------------------------------------------------------------------------------
@@ -116,12 +119,26 @@ class GatewayGone(Wire):
 
 
 # history.<room> ------------------------------------------------------------------------------
+MAX_READ_STATE_BATCH = 128  # readers in one `read_states` query at most
+
+
+class Reader(Wire):
+    """One reader of a `read_states` query: whose read state in which room."""
+
+    room: str
+    reader: str
+    username: str | None = None
+
+
 class HistoryQuery(Wire):
     """`recent`: the newest `limit`; `since`: after an id (recovery); `before`: a page back;
     `lookup`: the stored message with id `id`, if any (judging a client's id); `read_state`:
-    no messages, only the `reader`'s read state (a join whose history the gateway has)."""
+    no messages, only the `reader`'s read state (a join whose history the gateway has);
+    `read_states`: that for each of `readers`, of any rooms (a gateway's joins of one turn),
+    answered with a `ReadStates`. History's one queue answers it after every write published
+    before it, whatever room its routing key names."""
 
-    op: Literal["recent", "since", "since_rev", "before", "lookup", "read_state"]
+    op: Literal["recent", "since", "since_rev", "before", "lookup", "read_state", "read_states"]
     limit: int
     since: str | None = None
     since_rev: int | None = None
@@ -129,9 +146,26 @@ class HistoryQuery(Wire):
     id: str | None = None
     reader: str | None = None  # with recent/since/since_rev/read_state: its read state
     username: str | None = None  # the reader's username (its own messages are never unread)
+    readers: list[Reader] | None = Field(default=None, max_length=MAX_READ_STATE_BATCH)
+
+
+class ReadState(Wire):
+    """One entry of a `ReadStates`: a reader's read state, or why history could not tell."""
+
+    last_read: str | None = None
+    unread: int | None = None
+    error: str | None = None  # an error code (`unavailable`): this reader has no answer
+
+
+class ReadStates(Wire):
+    """The answer to `read_states`: one entry per reader, in order."""
+
+    states: list[ReadState]
 
 
 class HistoryReply(Wire):
+    ADVERTISES = (BATCHES,)  # a history that answers this takes `read_states` too
+
     messages: list[ChatMessage]
     recovered: bool | None = None
     known: bool = True
@@ -194,6 +228,10 @@ def encode_raw(value: dict[str, Any]) -> bytes:
 
 
 def result(value: BaseModel | dict[str, Any] | None = None) -> bytes:
+    if isinstance(value, Wire):
+        reply: dict[str, Any] = {"result": value.model_dump(mode="json")}
+        reply.update((flag, True) for flag in value.ADVERTISES)
+        return orjson.dumps(reply)
     payload = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
     return orjson.dumps({"result": payload})
 
@@ -207,6 +245,15 @@ def outcome_of(error: ProtocolError | None, value: Any = None) -> dict[str, Any]
     if error is None:
         return {"result": value}
     return {"error": {"code": error.code, "message": error.message}}
+
+
+def result_of(raw: bytes) -> Any:
+    """A reply's result; a refusal raises its `ProtocolError`."""
+    reply = orjson.loads(raw)
+    if "error" in reply:
+        error = reply["error"]
+        raise ProtocolError.from_wire(error.get("code"), error.get("message"))
+    return reply.get("result")
 
 
 def outcomes(raw: bytes, count: int) -> list[Any]:
@@ -245,6 +292,32 @@ def expired(message: Message, margin: float = 0.0, wall: Callable[[], float] = t
     return wall() + margin >= deadline
 
 
+class Reply(NamedTuple):
+    """A request's result, and what the service that answered advertised (`Wire.ADVERTISES`)."""
+
+    result: Any
+    advertised: frozenset[str]
+
+
+async def call_reply(
+    bus: Bus,
+    routing_key: str,
+    request: BaseModel,
+    *,
+    timeout: float,
+    wall: Callable[[], float] = time.time,
+) -> Reply:
+    """Send a request and return its reply, raising `ProtocolError` for a refusal."""
+    deadline = {DEADLINE_HEADER: f"{wall() + timeout:.3f}"}
+    raw = await bus.request(routing_key, encode(request), timeout=timeout, headers=deadline)
+    reply = orjson.loads(raw)
+    if "error" in reply:
+        error = reply["error"]
+        raise ProtocolError.from_wire(error.get("code"), error.get("message"))
+    advertised = frozenset(k for k, v in reply.items() if k != "result" and v is True)
+    return Reply(reply.get("result"), advertised)
+
+
 async def call(
     bus: Bus,
     routing_key: str,
@@ -254,10 +327,4 @@ async def call(
     wall: Callable[[], float] = time.time,
 ) -> Any:
     """Send a request and return its result, raising `ProtocolError` for a refusal."""
-    deadline = {DEADLINE_HEADER: f"{wall() + timeout:.3f}"}
-    raw = await bus.request(routing_key, encode(request), timeout=timeout, headers=deadline)
-    reply = orjson.loads(raw)
-    if "error" in reply:
-        error = reply["error"]
-        raise ProtocolError.from_wire(error.get("code"), error.get("message"))
-    return reply.get("result")
+    return (await call_reply(bus, routing_key, request, timeout=timeout, wall=wall)).result

@@ -2,7 +2,8 @@
 
 Every read returns messages in their current state (tombstones included, so pages keep their
 places). `recent`, `since` and `since_rev` also carry a reader's read state when the query
-names the reader; `read_state` carries only that.
+names the reader; `read_state` carries only that, and `read_states` that of many readers (a
+gateway's joins of one turn: one request, delivery, ack and reply instead of one each).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from roomcast.shared import rpc
 from roomcast.shared.config import Settings
-from roomcast.shared.store.base import MessageStore
+from roomcast.shared.store.base import MessageStore, StoreUnavailableError
 
 Read = Callable[[MessageStore, Settings, str, rpc.HistoryQuery, int], Awaitable[rpc.HistoryReply]]
 
@@ -84,13 +85,28 @@ READS: dict[str, Read] = {
     "before": _before,
     "lookup": _lookup,
     "read_state": _read_state,
-}
+}  # and `read_states`, whose answer is not a `HistoryReply` (`answer`)
+
+
+async def _read_states(store: MessageStore, readers: list[rpc.Reader]) -> rpc.ReadStates:
+    """Each reader's read state; one the store cannot tell is `unavailable` alone."""
+    states: list[rpc.ReadState] = []
+    for one in readers:
+        try:
+            state = await store.read_state(one.room, one.reader, one.username)
+        except StoreUnavailableError:
+            states.append(rpc.ReadState(error="unavailable"))
+        else:
+            states.append(rpc.ReadState(last_read=state.last_read, unread=state.unread))
+    return rpc.ReadStates(states=states)
 
 
 async def answer(
     store: MessageStore, settings: Settings, room: str, query: rpc.HistoryQuery
-) -> rpc.HistoryReply:
+) -> rpc.HistoryReply | rpc.ReadStates:
     """The reply to a query; raises `StoreUnavailableError` when the store does not answer."""
+    if query.op == "read_states":
+        return await _read_states(store, query.readers or [])
     reply = await READS[query.op](store, settings, room, query, max(1, query.limit))
     if query.reader is None or query.op not in WITH_READ_STATE:
         return reply

@@ -45,16 +45,22 @@ def count_store_reads(store: InMemoryMessageStore, monkeypatch: pytest.MonkeyPat
 
 
 def count_history_ops(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The ops of the queries the gateway sends history."""
+    """The ops of the queries the gateway sends history, one per reader of a `read_states`
+    batch (as the bus carries them)."""
     ops: list[str] = []
-    history = server.system.gateway.history
-    original = history._ask
+    bus = server.system.gateway.bus
+    original = bus.request
 
-    async def asked(room: str, query: rpc.HistoryQuery, *args: Any) -> Any:
-        ops.append(query.op)
-        return await original(room, query, *args)
+    async def asked(routing_key: str, body: bytes, **kw: Any) -> Any:
+        if routing_key.startswith("history."):
+            query = orjson.loads(body)
+            if query["op"] == "read_states":
+                ops.extend("read_state" for _ in query["readers"])
+            else:
+                ops.append(query["op"])
+        return await original(routing_key, body, **kw)
 
-    monkeypatch.setattr(history, "_ask", asked)
+    monkeypatch.setattr(bus, "request", asked)
     return ops
 
 

@@ -16,6 +16,8 @@ from roomcast.shared.bus import Bus, BusUnavailableError
 from roomcast.shared.config import Settings
 from roomcast.shared.models import ChatMessage
 
+from .readstates import ReadStateBatcher
+
 log = structlog.get_logger(__name__)
 
 _LOOKUP_TIMEOUT = 1.0
@@ -31,6 +33,7 @@ class HistoryClient:
         self._settings = settings
         self._clock = clock
         self._lookups_off_until = 0.0
+        self.read_states = ReadStateBatcher(bus, settings.request_timeout)
 
     async def recent(
         self,
@@ -51,9 +54,9 @@ class HistoryClient:
 
     async def read_state(self, room: str, reader: str, username: str | None) -> rpc.HistoryReply:
         """The reader's read state alone (`messages` empty): for a join whose history the
-        gateway has already. History answers it from memory, in queue order like any read."""
-        query = rpc.HistoryQuery(op="read_state", limit=1, reader=reader, username=username)
-        return await self._ask(room, query)
+        gateway has already. History answers it from memory, in queue order like any read;
+        a turn's read states go in one request (`ReadStateBatcher`)."""
+        return await self.read_states.read_state(room, reader, username)
 
     async def since(
         self, room: str, message_id: str, reader: str | None = None, username: str | None = None
