@@ -34,3 +34,7 @@ READ_STATE_BATCH = Histogram(
     "Read states asked of history in one `read_states` request (a turn's joins)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+PINGED_SOCKETS = Gauge(
+    "roomcast_gateway_pinged_sockets",
+    "Open WebSockets the gateway's one pinger watches (ping, and close when unanswered)",
+)
