@@ -25,7 +25,7 @@ import structlog
 from hypercorn.protocol import h2, h11, ws_stream
 from prometheus_client import REGISTRY
 
-from roomcast.gateway.pings import CLOSE_PING_TIMEOUT, PingingWSStream
+from roomcast.gateway.pings import CLOSE_PING_TIMEOUT, Pinger, PingingWSStream
 from roomcast.runtime import _hypercorn
 from roomcast.shared.config import load_settings
 from tests.support.chat_client import ChatClient
@@ -128,15 +128,19 @@ def test_hypercorn_keeps_what_the_ping_adapter_relies_on() -> None:
     assert "Pong" not in source, "Hypercorn now handles pongs: does it time them out itself?"
     assert "self.connection.events()" in inspect.getsource(ws_stream.WSStream._handle_events)
     accept = inspect.getsource(ws_stream.WSStream._accept)
-    assert "self.connection" in accept and "self.task_group.spawn(self._send_pings)" in accept
+    assert "self.connection" in accept
+    # Hypercorn's own pinger (a task per socket) is off while its interval is None
+    assert "if self.config.websocket_ping_interval is not None:" in accept
     handle = inspect.getsource(ws_stream.WSStream.handle)
     assert "StreamClosed" in handle and '"websocket.disconnect"' in handle
-    for name in ("_send_wsproto_event", "_send_pings", "state", "client", "closed", "stream_id"):
+    for name in ("_send_wsproto_event", "state", "client", "closed", "stream_id", "config"):
         assert name in inspect.getsource(ws_stream.WSStream), name
     # the protocols build their streams from a module-level name that enable_pings replaces,
     # and every server roomcast runs is configured through _hypercorn
     config = _hypercorn("127.0.0.1", 8000, load_settings(ping_interval=7, ping_timeout=9))
-    assert config.websocket_ping_interval == 7
+    assert config.websocket_ping_interval is None
+    pinger = vars(config)["_roomcast_pinger"]
+    assert isinstance(pinger, Pinger) and (pinger.interval, pinger.timeout) == (7, 9)
     assert "self.stream = WSStream(" in inspect.getsource(h11.H11Protocol._create_stream)
     assert "WSStream(" in inspect.getsource(h2.H2Protocol)
     assert h11.WSStream is PingingWSStream and h2.WSStream is PingingWSStream  # type: ignore[attr-defined]
@@ -208,23 +212,41 @@ async def test_a_close_the_peer_never_answers_does_not_hold_the_connection(serve
     assert await users(server) == []
 
 
-def pingers() -> int:
-    return sum(
-        1
+def pinger_tasks() -> list[str]:
+    """The server's ping tasks: the one pinger's, and any of Hypercorn's own per socket."""
+    names = ("Pinger._run", "WSStream._send_pings", "PingingWSStream._send_pings")
+    return [
+        name
         for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "") == "PingingWSStream._send_pings"
-    )
+        if (name := getattr(task.get_coro(), "__qualname__", "")) in names
+    ]
 
 
-@pytest.mark.settings(ping_interval=3600)
-async def test_a_closed_socket_stops_its_pinger_at_once(connect) -> None:
-    """Hypercorn's connection waits for all its tasks: a pinger asleep for the interval would
-    keep every closed socket's connection alive that long (and be cancelled at shutdown)."""
-    clients: list[ChatClient] = [await connect() for _ in range(3)]
+def pinged() -> float:
+    return REGISTRY.get_sample_value("roomcast_gateway_pinged_sockets") or 0.0
+
+
+@pytest.mark.settings(**FAST)
+async def test_one_pinger_serves_every_socket_and_ends_with_the_last(connect, server) -> None:
+    """No task per socket: one pinger for the server while any socket is open, none after.
+    Each socket is still pinged, interval after interval."""
+    before = pinged()
+    clients: list[ChatClient] = [await connect() for _ in range(5)]
     await clients[0].join("alice")
-    assert pingers() >= 3
+    assert pinger_tasks() == ["Pinger._run"]
+    assert pinged() == before + 5
+    raw = await RawPeer.connect(server.url)
+    try:
+        async with asyncio.timeout(10):
+            for _ in range(3):  # pinged again and again, and answering keeps it open
+                opcode, payload = await raw.frame()
+                assert opcode == PING, opcode
+                raw.send(PONG, payload)
+    finally:
+        raw.close()
     for client in clients:
         await client.close()
     async with asyncio.timeout(10):
-        while pingers():  # noqa: ASYNC110 - tasks ending: no event to wait on
+        while pinger_tasks():  # noqa: ASYNC110 - tasks ending: no event to wait on
             await asyncio.sleep(0.02)
+    assert pinged() == before

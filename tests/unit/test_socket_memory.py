@@ -12,9 +12,9 @@ from typing import Any
 from tests.support.chat_client import ChatClient
 
 SOCKETS = 8
-# Hypercorn's own per connection: its TCPServer task, the ASGI app task (which also reads the
-# client's frames: `Connection.serve`) and the pinger. None of ours.
-TASKS_PER_SOCKET = 3
+# Hypercorn's own per connection: its TCPServer task and the ASGI app task (which also reads the
+# client's frames: `Connection.serve`). None of ours: one pinger serves every socket (pings.py).
+TASKS_PER_SOCKET = 2
 
 
 def _says(body: str) -> Callable[[dict[str, Any]], bool]:
