@@ -21,7 +21,7 @@ from roomcast.shared import rpc, topics
 from roomcast.shared.bus import BusUnavailableError
 
 from .protocol import JoinData, ProtocolError
-from .roomcache import Cached
+from .roomcache import Cached, Shown, shown
 
 if TYPE_CHECKING:
     from .gateway import ChatGateway
@@ -62,25 +62,22 @@ class JoinHistory:
         self._reading.cancel()
         await asyncio.gather(self._reading, return_exceptions=True)
 
-    async def messages(self) -> list[dict[str, object]]:
+    async def messages(self) -> Shown:
         """`msgHistory`: from the cache, else from history's answer (`[]` without one)."""
         if self._cached is not None:
             if await self._reading is None:
-                return []  # history is down: as any join it does not answer (2.2)
-            messages = self._cached.messages
-            newest = str(messages[-1]["id"]) if messages else None
-            revs = [rev for m in messages if isinstance(rev := m.get("rev"), int)]
-            self._gw.relay.note_history(self._room, newest, max(revs) if revs else None)
-            return messages
-        history = await self._reading
-        if history is None:
-            return []
-        limit = self._gw.settings.history_default
-        self._gw.room_cache.seed(self._room, self._token, history, limit)
-        newest = history.newest or (history.messages[-1].id if history.messages else None)
-        last_rev = max((m.rev for m in history.messages), default=None)
-        self._gw.relay.note_history(self._room, newest, last_rev)
-        return [m.wire() for m in history.messages]
+                return shown(self._room, [])  # history is down: as any join it does not answer
+            result = self._cached.shown
+        else:
+            history = await self._reading
+            if history is None:
+                return shown(self._room, [])
+            limit = self._gw.settings.history_default
+            self._gw.room_cache.seed(self._room, self._token, history, limit)
+            messages = [m.wire() for m in history.messages]
+            result = shown(self._room, messages, history.newest)
+        self._gw.relay.note_history(self._room, result.newest, result.last_rev)
+        return result
 
     async def state(self) -> ReadState:
         history = await self._reading

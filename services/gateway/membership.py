@@ -12,6 +12,7 @@ disagree.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from roomcast.shared import topics
@@ -46,7 +47,7 @@ class Member:
         else:
             held.append(Held(frame, event, message_id, size))
 
-    def go_live(self, already_seen: set[str]) -> None:
+    def go_live(self, already_seen: AbstractSet[str]) -> None:
         """Release what was held, less the messages the joiner's history already showed, and
         less the chat messages held before the last of those: they are older than the history
         (it holds the newest N, which moved on while the join was answered), so written live

@@ -12,7 +12,9 @@ a possible loss of deliveries (`lost()`, from the bus's `on_loss`) drops every r
 bus reports the gap over (`resumed()`, from `on_gap`).
 
 What it answers: the newest `history_default` (when it holds that many, or the whole room), and
-`since` an id it holds. `sinceRev` and anything older go to history. Order is the order this
+`since` an id it holds, each as the `msgHistory` frame ready to write (`Shown`). The newest
+page is encoded once per version of the record and shared by every join until the room
+changes: in a storm, a hundred joins of a room read the same hundred messages. `sinceRev` and anything older go to history. Order is the order this
 gateway received the messages, which is the order its live sockets saw them.
 
 Seeding a cold room once (`warm`). When a gateway dies, its users come back to the others at
@@ -40,6 +42,27 @@ _CHANGES = frozenset({"updateChat", "editChat", "deleteChat", "react"})
 _SIZE = 100  # messages kept per room (a since beyond them goes to history)
 
 
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """A joiner's `msgHistory`: the frame, and what the gateway notes of the messages in it."""
+
+    frame: bytes
+    ids: frozenset[str]  # held live events with these ids are dropped (`Member.go_live`)
+    newest: str | None  # the id of its newest message: where a repair starts
+    last_rev: int | None  # its largest rev: where a repair of changes starts
+
+
+def shown(room: str, messages: list[dict[str, object]], newest: str | None = None) -> Shown:
+    """`messages` as a `msgHistory` frame of the room (`newest`: the room's newest id, when
+    `messages` are not in id order)."""
+    ids = frozenset(str(m["id"]) for m in messages)
+    revs = [rev for m in messages if isinstance(rev := m.get("rev"), int)]
+    if newest is None and messages:
+        newest = str(messages[-1]["id"])
+    frame = orjson.dumps({"event": "msgHistory", "room": room, "data": messages})
+    return Shown(frame, ids, newest, max(revs) if revs else None)
+
+
 @dataclass(slots=True)
 class _Record:
     serial: int  # the binding it belongs to
@@ -48,13 +71,17 @@ class _Record:
     whole: bool = False  # the seed held the room's whole history
     messages: OrderedDict[str, dict[str, object]] = field(default_factory=OrderedDict)
     posted: set[str] = field(default_factory=set)  # new messages noted before the seed
+    newest: tuple[int, Shown] | None = None  # the newest page as shown, for one `limit`
+
+    def changed(self) -> None:
+        self.newest = None
 
 
 @dataclass(frozen=True, slots=True)
 class Cached:
     """`msgHistory` from the cache, and the ack's `recovered` for a join with `since`."""
 
-    messages: list[dict[str, object]]
+    shown: Shown
     recovered: bool | None
 
 
@@ -124,10 +151,13 @@ class RoomCache:
             after = ids[ids.index(since_id) + 1 :]
             if len(after) > most:
                 return None  # history answers that one (the newest `most`, not recovered)
-            return Cached([messages[i] for i in after], recovered=True)
+            return Cached(shown(room, [messages[i] for i in after]), recovered=True)
         if len(messages) < limit and not record.whole:
             return None
-        return Cached(list(messages.values())[-limit:], recovered=None)
+        if record.newest is None or record.newest[0] != limit:
+            page = list(messages.values())[-limit:]
+            record.newest = (limit, shown(room, page))
+        return Cached(record.newest[1], recovered=None)
 
     def ready(self, room: str, serial: int | None) -> bool:
         """Whether the room's record is seeded for this binding (a join need not warm it)."""
@@ -158,6 +188,7 @@ class RoomCache:
         record.whole = len(reply.messages) < limit
         record.ready = True
         record.posted = set()
+        record.changed()
         self._trim(record)
 
     # the relay -----------------------------------------------------------------------------
@@ -208,11 +239,13 @@ class RoomCache:
         old = record.messages.get(message_id)
         if old is None or _rev(message) >= _rev(old):
             record.messages[message_id] = message
+            record.changed()
 
     def _trim(self, record: _Record) -> None:
         while len(record.messages) > self._size:
             record.messages.popitem(last=False)
             record.whole = False
+            record.changed()
 
 
 def _retrieve(read: asyncio.Future[None]) -> None:

@@ -40,6 +40,7 @@ from ..connection import Connection
 from ..joinhistory import JoinHistory, ReadState
 from ..membership import Member
 from ..protocol import JoinData, ProtocolError, event_frame
+from ..roomcache import Shown, shown
 from .guards import own, within
 
 if TYPE_CHECKING:
@@ -96,10 +97,10 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
             signin.hold(conn, identity)
         gw.membership.identify(conn, username)
     source = await sourcing  # never fails: history's failures are a join without history
-    messages = await source.messages()
-    conn.push(event_frame("msgHistory", messages, room=room), "msgHistory")
+    history = await source.messages()
+    conn.push(history.frame, "msgHistory")
     conn.push(event_frame("activeUsers", admission.users, room=room), "activeUsers")
-    member.go_live({str(m["id"]) for m in messages})
+    member.go_live(history.ids)
     state = await source.state()
     ack: dict[str, object] = {
         **_who(session, identity),
@@ -121,11 +122,14 @@ class _Unanswered:
     """The history of a join whose room's shared seeding read history did not answer: as a
     join whose own read it did not answer, `msgHistory` `[]` and `"history": false` (2.2)."""
 
+    def __init__(self, room: str) -> None:
+        self._room = room
+
     async def cancel(self) -> None:
         return None
 
-    async def messages(self) -> list[dict[str, object]]:
-        return []
+    async def messages(self) -> Shown:
+        return shown(self._room, [])
 
     async def state(self) -> ReadState:
         return ReadState(None, 0, False, False)
@@ -154,7 +158,7 @@ async def _warmed(
         await gw.room_cache.warm(room, serial, lambda limit: gw.history.recent(room, limit))
     except BusUnavailableError as exc:
         log.warning("history unavailable; joined without it", room=room, reason=str(exc))
-        return _Unanswered()
+        return _Unanswered(room)
     except ProtocolError as exc:  # refused, not down: this join asks on its own
         log.warning("room cache not seeded", room=room, reason=str(exc))
     return JoinHistory(gw, room, data, reader, username)
