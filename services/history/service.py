@@ -6,8 +6,9 @@ only after every message ahead of it in the queue is stored, which is what gives
 history-then-live with no gap: its gateway binds to the room first, then asks; whatever was
 published before the ask is in the answer, whatever after it arrives live. A change likewise
 finds every message published before it. Messages are acknowledged to the broker only after the
-write, and written in `insert_many` batches when a backlog builds. The one active consumer is
-also the stores' one writer, which their revs rely on.
+write, and written in `insert_many` batches: a write waits a moment for more messages (no client
+waits for it) unless a read or a change is waiting, which writes them at once. The one active
+consumer is also the stores' one writer, which their revs rely on.
 
 Reads are answered in `reads`, changes in `changes`; a store that does not answer refuses them
 `unavailable` and requeues writes.
@@ -67,34 +68,65 @@ async def _nothing(message: Message) -> None:
     """The takeover watch is bound to nothing: only its losses matter."""
 
 
-class WriteBatcher:
-    """Collects messages while a write is in flight and writes them together, in order."""
+# How long a write waits for more messages to share it. Nobody waits for a write but the
+# broker's ack, a webhook and a read, and a read (or a join's) does not wait: it flushes.
+WRITE_LINGER = 0.05
 
-    def __init__(self, store: MessageStore, max_batch: int = 250) -> None:
+
+class WriteBatcher:
+    """Collects messages for up to `linger` seconds, and while a write is in flight, and writes
+    them together, in order: each write costs the database a round trip of its own, whatever
+    it holds. `drain` writes what is pending at once."""
+
+    def __init__(
+        self, store: MessageStore, max_batch: int = 250, linger: float = WRITE_LINGER
+    ) -> None:
         self._store = store
         self._max = max_batch
+        self._linger = linger
         self._pending: list[tuple[ChatMessage, str | None, asyncio.Future[ChatMessage]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._unsettled: set[asyncio.Future[ChatMessage]] = set()
+        self._added = 0  # messages added so far
+        self._taken = 0  # of them, those taken into a write
+        self._urgent = 0  # messages added before a drain: written without lingering
+        self._wake = asyncio.Event()
 
     def add(self, message: ChatMessage, author: str | None = None) -> asyncio.Future[ChatMessage]:
         """Queue a message (and its author's identity) for the next write."""
         future: asyncio.Future[ChatMessage] = asyncio.get_running_loop().create_future()
         self._pending.append((message, author, future))
+        self._added += 1
         self._unsettled.add(future)
         future.add_done_callback(self._unsettled.discard)
+        if len(self._pending) >= self._max:
+            self._wake.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="history-writer")
         return future
 
     async def drain(self) -> None:
-        """Wait until everything added so far is written (or failed); later adds don't count."""
+        """Write everything added so far now, and wait until it is written (or failed); later
+        adds don't count."""
+        self._urgent = self._added
+        self._wake.set()
         if self._unsettled:
             await asyncio.wait(set(self._unsettled))
 
+    async def _gather(self) -> None:
+        """Wait up to `linger` for more messages, unless a drain or a full batch says not to."""
+        if self._linger <= 0 or self._taken < self._urgent or len(self._pending) >= self._max:
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._linger):
+                await self._wake.wait()
+
     async def _write(self) -> None:
         while self._pending:
+            await self._gather()
             batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            self._taken += len(batch)
             try:
                 stored = await self._store.insert_many(
                     [m for m, _, _ in batch], [a for _, a, _ in batch]
@@ -119,14 +151,16 @@ class HistoryService:
         settings: Settings,
         *,
         webhooks: WebhookEmitter | None = None,
+        write_linger: float = WRITE_LINGER,
     ) -> None:
-        """`webhooks`: where `message.posted` goes, when webhooks are on."""
+        """`webhooks`: where `message.posted` goes, when webhooks are on; `write_linger`: how
+        long a write waits for more messages (`WriteBatcher`)."""
         self._bus = bus
         self._webhooks = webhooks
         self.index = ReadIndex()
         self._store = IndexedStore(store, self.index)
         self._settings = settings
-        self._batcher = WriteBatcher(self._store)
+        self._batcher = WriteBatcher(self._store, linger=write_linger)
         self._consumer: Consumer | None = None
         self._watch: Subscription | None = None
 

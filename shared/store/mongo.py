@@ -112,6 +112,9 @@ _UPSERT_ATTEMPTS = 5
 class _MongoStore:
     """What both stores share: one `AsyncMongoClient`, opened lazily, errors mapped."""
 
+    # Whether the driver retries a failed write once by itself (MongoDB's retryable writes).
+    retry_writes = True
+
     def __init__(
         self,
         url: str,
@@ -157,6 +160,7 @@ class _MongoStore:
                 serverSelectionTimeoutMS=timeout_ms,
                 connectTimeoutMS=timeout_ms,
                 socketTimeoutMS=int(self._socket_timeout * 1000),
+                retryWrites=self.retry_writes,
             )
         except PyMongoError as exc:  # a malformed URL or option
             raise StoreUnavailableError(
@@ -213,6 +217,12 @@ class MongoMessageStore(_MongoStore):
 
     Its `seq` and rev counters are handed out from memory between reservations (see the module
     docstring), which is safe for the one writer it assumes."""
+
+    # Off: its writes are idempotent (the unique index, markers that only move forward, changes
+    # conditional on the rev judged) or allow gaps (the counters), and history requeues a write
+    # that failed, or answers `unavailable`. A server records every retryable write: SecantusDB
+    # then scans up to 10,000 such records twice per write, on every batch.
+    retry_writes = False
 
     def __init__(self, url: str, db: str, **options: Any) -> None:
         """As `_MongoStore`."""

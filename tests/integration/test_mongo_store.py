@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.secantus import SecantusServer
@@ -191,6 +192,45 @@ async def test_once_its_counters_are_read_a_batch_of_new_messages_is_one_insert(
     spent = {op: after[op] - before[op] for op in ("query", "update", "getmore")}
     assert spent == {"query": 0, "update": 0, "getmore": 0}
     assert after["insert"] > before["insert"]
+
+
+class Commands(monitoring.CommandListener):
+    """The commands clients of this process send (the last ones), as the driver sends them."""
+
+    def __init__(self) -> None:
+        self.sent: deque[tuple[str, dict[str, Any]]] = deque(maxlen=200)
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.sent.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+COMMANDS = Commands()
+monitoring.register(COMMANDS)  # for every client made from now on in this process
+
+
+async def test_the_message_store_asks_the_server_to_keep_no_retry_records(
+    mongo_url: str, mongo_db: str
+) -> None:
+    """Every retryable write (a `txnNumber`) makes a server keep its reply for a retry;
+    history's writes need no such retry, so they carry none."""
+    store = MongoMessageStore(mongo_url, mongo_db)
+    await store.open()
+    try:
+        COMMANDS.sent.clear()
+        await store.insert_many(msgs(1, 3))
+        await store.edit("lobby", "m0001", author="", username="ann", body="e", at=1, rev=9)
+        await store.mark_read("lobby", "hash-ann", "m0002")
+    finally:
+        await store.close()
+    writes = [c for name, c in COMMANDS.sent if name in ("insert", "update", "findAndModify")]
+    assert len(writes) >= 3
+    assert not [c for c in writes if "txnNumber" in c]
 
 
 async def test_get(messages: MongoMessageStore) -> None:
