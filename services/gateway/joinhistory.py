@@ -40,8 +40,17 @@ class ReadState:
 
 
 class JoinHistory:
-    def __init__(self, gw: ChatGateway, room: str, data: JoinData, reader: str, user: str) -> None:
-        """Start the read (the room is bound already); call before presence is asked."""
+    def __init__(
+        self,
+        gw: ChatGateway,
+        room: str,
+        data: JoinData,
+        reader: str,
+        user: str,
+        state: asyncio.Future[rpc.HistoryReply | None] | None = None,
+    ) -> None:
+        """Start the read (the room is bound already); call before presence is asked. `state`:
+        the reader's read state, asked already (`read_state`), which a cached answer uses."""
         self._gw, self._room = gw, room
         cache = gw.room_cache
         serial = gw.membership.bindings.serial(topics.room_pattern(room))
@@ -52,8 +61,10 @@ class JoinHistory:
             since = (data.since, gw.settings.recovery_max) if data.since is not None else None
             self._cached = cache.answer(room, serial, limit, since)
         if self._cached is not None:
-            self._reading = asyncio.ensure_future(_ask(gw, room, None, reader, user))
+            self._reading = state if state is not None else read_state(gw, room, reader, user)
         else:
+            if state is not None:
+                state.cancel()  # history's answer to the whole read carries it
             if data.since is None and data.since_rev is None:
                 self._token = cache.reading(room, serial)
             self._reading = asyncio.ensure_future(_ask(gw, room, data, reader, user))
@@ -86,6 +97,13 @@ class JoinHistory:
         cached = self._cached
         recovered = cached.recovered if cached is not None else history.recovered
         return ReadState(history.last_read, history.unread or 0, True, bool(recovered))
+
+
+def read_state(
+    gw: ChatGateway, room: str, reader: str, username: str
+) -> asyncio.Future[rpc.HistoryReply | None]:
+    """The reader's read state alone, asked now (None: history cannot answer)."""
+    return asyncio.ensure_future(_ask(gw, room, None, reader, username))
 
 
 async def _ask(

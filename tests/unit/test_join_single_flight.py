@@ -241,3 +241,30 @@ async def test_a_join_that_gives_up_does_not_cancel_the_shared_read(
     since = [old[1], old[2]][clients.index(stayed)]
     assert seen_ids(stayed, ROOM) == old[old.index(since) + 1 :]
     assert gate.reads == ["recent"]
+
+
+@pytest.mark.settings(**BUDGETS)
+async def test_cold_joins_ask_their_read_states_beside_the_shared_read(
+    server, connect, monkeypatch
+) -> None:
+    """A cold room's joins ask history for their read states while the shared read of its
+    messages is out, not one round trip after it."""
+    await cold_room(server, connect)
+    gate = Gate(server, monkeypatch)
+    history = server.system.gateway.history
+    asked: list[str | None] = []
+    original = history.read_state
+
+    async def counted(room: str, reader: str, username: str | None) -> Any:
+        asked.append(username)
+        return await original(room, reader, username)
+
+    monkeypatch.setattr(history, "read_state", counted)
+    clients = [await connect() for _ in range(5)]
+    joins = asyncio.gather(*(c.join(f"user{i}", ROOM) for i, c in enumerate(clients)))
+    await until(lambda: len(asked) == 5)  # the shared read is held at the gate meanwhile
+    assert gate.reads == ["recent"] and not gate.open.is_set()
+    gate.open.set()
+    acks = await joins
+    assert sorted(asked) == [f"user{i}" for i in range(5)]
+    assert [(a["lastRead"], a["unread"]) for a in acks] == [(None, 30)] * 5

@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from roomcast.shared import topics
+from roomcast.shared import rpc, topics
 from roomcast.shared.auth import Identity
 from roomcast.shared.bus import BusUnavailableError
 from roomcast.shared.sessions import session_hash
 
 from ..auth import signin
 from ..connection import Connection
-from ..joinhistory import JoinHistory, ReadState
+from ..joinhistory import JoinHistory, ReadState, read_state
 from ..membership import Member
 from ..protocol import JoinData, ProtocolError, event_frame
 from ..roomcache import Shown, shown
@@ -142,26 +142,38 @@ def _history(
     gw: ChatGateway, room: str, data: JoinData, reader: str, username: str
 ) -> asyncio.Future[Source]:
     """The join's history, started now (the room is bound): at once from a seeded room cache,
-    else once the room's shared seeding read is answered (`RoomCache.warm`)."""
+    else once the room's shared seeding read is answered (`RoomCache.warm`); the reader's read
+    state is asked meanwhile, not after it (it does not depend on the messages)."""
     serial = gw.membership.bindings.serial(topics.room_pattern(room))
     if data.since_rev is not None or gw.room_cache.ready(room, serial):
         done: asyncio.Future[Source] = asyncio.get_running_loop().create_future()
         done.set_result(JoinHistory(gw, room, data, reader, username))
         return done
-    return asyncio.ensure_future(_warmed(gw, room, serial, data, reader, username))
+    state = read_state(gw, room, reader, username)
+    return asyncio.ensure_future(_warmed(gw, room, serial, data, reader, username, state))
 
 
 async def _warmed(
-    gw: ChatGateway, room: str, serial: int | None, data: JoinData, reader: str, username: str
+    gw: ChatGateway,
+    room: str,
+    serial: int | None,
+    data: JoinData,
+    reader: str,
+    username: str,
+    state: asyncio.Future[rpc.HistoryReply | None],
 ) -> Source:
     try:
         await gw.room_cache.warm(room, serial, lambda limit: gw.history.recent(room, limit))
     except BusUnavailableError as exc:
+        state.cancel()
         log.warning("history unavailable; joined without it", room=room, reason=str(exc))
         return _Unanswered(room)
     except ProtocolError as exc:  # refused, not down: this join asks on its own
         log.warning("room cache not seeded", room=room, reason=str(exc))
-    return JoinHistory(gw, room, data, reader, username)
+    except BaseException:  # the join was dropped meanwhile
+        state.cancel()
+        raise
+    return JoinHistory(gw, room, data, reader, username, state)
 
 
 async def _drop(sourcing: asyncio.Future[Source]) -> None:
