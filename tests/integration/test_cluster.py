@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.servers.rabbitmq import machine_broker_url
+from tests.servers.rabbitmq import PrivateRabbitNode, machine_broker_url
 from tests.support.chat_client import RefusedError
 from tests.support.checks import assert_no_gap_no_duplicate
 from tests.support.cluster import Cluster
@@ -105,3 +105,42 @@ async def test_no_gap_join_across_gateways(tmp_path, secantus_server, connect):
             await assert_no_gap_no_duplicate(joiner, sent)
     finally:
         await cluster.close()
+
+
+async def test_users_events_reach_every_connection_after_a_broker_restart(
+    tmp_path, secantus_server, connect
+):
+    """Users' events come through one binding per gateway (`user.*.*`, bound at its start):
+    after RabbitMQ restarts, an invitation still reaches the user's connections on every
+    gateway (the binding is declared again with the queue)."""
+    async with PrivateRabbitNode() as node:
+        cluster = Cluster(tmp_path, node.url, secantus_server.url, heartbeat_interval="1")
+        try:
+            gw1, gw2 = await cluster.start_stack()
+            alice = await connect(gw1.ws)
+            ack = await alice.join("alice")
+            alice_too = await connect(gw2.ws)
+            await alice_too.join("alice", session=ack["session"])
+            bob = await connect(gw2.ws)
+            await bob.join("bob")
+            await node.arestart()
+            for attempt in range(5):  # newRoom allows bursts of 5
+                room = f"dm-{attempt}"
+                try:
+                    await bob.join("bob", room=room)
+                    await bob.request("newRoom", {"username2": "alice", "room": room})
+                except RefusedError as exc:  # the services are reconnecting
+                    assert exc.code == "unavailable", exc
+                    await asyncio.sleep(2)
+                    continue
+                break
+            else:
+                pytest.fail("no invitation was accepted after the restart")
+            for client in (alice, alice_too):
+                invite = await client.wait_for(
+                    lambda f, room=room: f["event"] == "newRoom" and f["data"]["room"] == room,
+                    timeout=20,
+                )
+                assert invite["data"]["room"] == room
+        finally:
+            await cluster.close()
