@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, Generic, TypeVar
 
 from hypercorn.asyncio import task_group as hypercorn_task_group
@@ -121,16 +120,18 @@ class TaskGroup(hypercorn_task_group.TaskGroup):
         send: Callable[[Any], Awaitable[None]],
     ) -> Callable[[Any], Awaitable[None]]:
         app_queue: AppQueue[Any] = AppQueue(config.max_app_queue_size)
-
-        loop = self._loop
-        in_thread = partial(loop.run_in_executor, None)  # ASGI's sync_spawn
-
-        def from_thread(func: Callable[..., Any], *args: Any) -> Any:  # ASGI's call_soon
-            return asyncio.run_coroutine_threadsafe(func(*args), loop).result()
-
         handle = hypercorn_task_group._handle
-        self.spawn(handle, app, config, scope, app_queue.get, send, in_thread, from_thread)
+        # bound methods, not a partial and a closure per call: they live as long as the socket
+        self.spawn(handle, app, config, scope, app_queue.get, send, self._in_thread, self._wait)
         return app_queue.put
+
+    def _in_thread(self, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """ASGI's `sync_spawn`: run `func` in the default executor."""
+        return self._loop.run_in_executor(None, func, *args)
+
+    def _wait(self, func: Callable[..., Any], *args: Any) -> Any:
+        """ASGI's `call_soon`, from a worker thread: run `func` on the loop, return its result."""
+        return asyncio.run_coroutine_threadsafe(func(*args), self._loop).result()
 
 
 def install() -> None:
