@@ -24,7 +24,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart
 
-from roomcast.gateway import appqueue
+from roomcast.gateway import appqueue, slimconn
 from roomcast.gateway.app import create_app
 from roomcast.gateway.compression import set_websocket_compression
 from roomcast.gateway.gateway import ChatGateway
@@ -68,6 +68,7 @@ def _hypercorn(host: str, port: int, settings: Settings) -> Config:
     # pings, and a deadline on their pongs that Hypercorn lacks (roomcast.gateway.pings)
     enable_pings(config, settings.ping_interval, settings.ping_timeout)
     appqueue.install()  # a lighter queue per socket than Hypercorn's (idle memory)
+    slimconn.install()  # and lighter events
     return config
 
 

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 from .admission import Admission, Refusal
 from .gateway import ChatGateway
 from .rawsend import direct_sender
+from .slimconn import forget_http
 
 Scope = MutableMapping[str, Any]
 ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -60,6 +61,10 @@ class WebSocketEndpoint:
     async def _serve(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         gateway = self._gateway
         await send({"type": "websocket.accept"})
+        # The handshake was read (admission, the query): an idle socket keeps none of it, nor
+        # the HTTP/1.1 state under it (docs/performance.md, "Idle memory").
+        scope["headers"] = ()
+        forget_http(getattr(send, "__self__", None))
 
         async def receive_frame() -> str | bytes:
             message = await receive()
