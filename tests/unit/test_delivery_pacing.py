@@ -206,11 +206,11 @@ async def test_a_failing_socket_does_not_keep_the_others_unwritten() -> None:
 
 
 def test_the_pace_is_read_from_the_environment_within_bounds() -> None:
-    assert interval_ms(None) == 4.0
+    assert interval_ms(None) == 8.0
     assert interval_ms("2.5") == 2.5
     assert interval_ms("0") == 0.0
     assert interval_ms("1000") == 50.0
-    assert interval_ms("fast") == 4.0
+    assert interval_ms("fast") == 8.0
 
 
 async def test_a_pace_of_zero_never_makes_an_event_wait() -> None:
