@@ -6,18 +6,17 @@ the gateway's samples at saturation, docs/performance.md). At a few hundred room
 second a socket's events arrive in different loop turns, so writing at the end of every turn
 costs one `send()` per event per socket. While the gateway is busy (its loop's thread wanted a
 CPU, running or waiting to run, for at least `busy_share` of the last `window`) a flush that
-comes less than `interval` after the
-previous one waits for the rest of it, so the events of several turns share one `send()` (and,
-with `batch=1`, one frame): fewer system calls when CPU is what runs out, at the price of at most
-`interval` of latency then. While the gateway is idle nothing waits, so low-load latency is that
-of an immediate write; busy or not, an event after a quiet `interval` is written at the end of
-its turn. The share is measured at most once per `window`, with hysteresis (idle again below
-half of `busy_share`) so the mode does not flap at the line. Waiting to run counts: a gateway
-that shares its cores with other busy processes gets less CPU than it wants, and by its CPU time
-alone would look idle exactly when it has the least to spare (`Demand`). The
-interval is `ROOMCAST_FLUSH_PACE_MS` (default 8: at 300 room events per second, 100 sockets,
-the gateway's CPU per delivery measured 14.0-19.4 us with 8, 17.4-20.1 with 4 and 22.1 without
-pacing on a quiet machine; 0 turns pacing off).
+comes less than `interval` after the previous one waits for the rest of it, so the events of
+several turns share one `send()` (and, with `batch=1`, one frame): fewer system calls when CPU
+is what runs out, at the price of at most `interval` of latency then. While the gateway is idle
+nothing waits, so low-load latency is that of an immediate write; busy or not, an event after a
+quiet `interval` is written at the end of its turn. The share is measured at most once per
+`window`, with hysteresis (idle again below half of `busy_share`) so the mode does not flap at
+the line. Waiting to run counts: a gateway that shares its cores with other busy processes gets
+less CPU than it wants, and by its CPU time alone would look idle exactly when it has the least
+to spare (`Demand`). The interval is `ROOMCAST_FLUSH_PACE_MS` (default 8: at 300 room events per
+second to 100 sockets the gateway's CPU per delivery measured 14.0-19.4 us with 8, 17.4-20.1
+with 4 and 22.1 unpaced on a quiet machine; 0 turns pacing off).
 
 One scheduler per event loop serves every socket: one callback per flush for all of them, not a
 callback handle per socket and event.
