@@ -5,6 +5,11 @@ the installed version so that an upgrade fails here, loudly and by name, and not
   `basic_consume(queue, callback, no_ack=...)` consumes direct reply-to.
 - `subscriptions`: a robust channel's `reopen_callbacks`, called after a reopen has restored the
   channel's queues, bindings and consumers (tests/contract proves the order against a broker).
+- `consumers` and `acks`: work queues consumed on aiormq's channel too (`basic_consume` with a
+  consumer tag of their own, the broker's cancels through `on_consumer_cancel_callbacks`),
+  settled with `basic_ack(multiple=..., wait=False)`, `basic_reject`, `basic_nack`; each
+  delivery's callback runs as a task of its own, started in delivery order; a cancelled
+  consumer's queue is declared and bound again by the robust queue's `restore()`.
 - pyproject.toml pins aio-pika's major version; the installed one must be inside the pin.
 """
 
@@ -19,9 +24,11 @@ import aio_pika
 import aiormq
 import pytest
 from aio_pika.robust_channel import RobustChannel
+from aio_pika.robust_queue import RobustQueue
+from aiormq.abc import DeliveredMessage
 from packaging.requirements import Requirement
 
-from roomcast.shared.bus.rabbit import rpc
+from roomcast.shared.bus.rabbit import acks, consumers, rpc
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,3 +71,36 @@ def test_robust_channel_still_has_reopen_callbacks_called_after_its_restore() ->
     # The callbacks come after the reopen itself, which declares, binds and consumes again.
     assert source.index("super().reopen()") < source.index("reopen_callbacks")
     assert "queue.restore()" in inspect.getsource(RobustChannel._on_open)
+
+
+def test_aiormq_channel_still_settles_the_way_acks_calls_it() -> None:
+    for method, names in (
+        (aiormq.Channel.basic_ack, ("delivery_tag", "multiple", "wait")),
+        (aiormq.Channel.basic_reject, ("delivery_tag", "requeue", "wait")),
+        (aiormq.Channel.basic_nack, ("delivery_tag", "multiple", "requeue", "wait")),
+    ):
+        parameters = inspect.signature(method).parameters
+        for name in names:
+            assert name in parameters, f"aiormq.Channel.{method.__name__} has no {name!r} any more"
+        assert list(parameters)[1] == "delivery_tag"  # acks passes the tag by position
+        assert inspect.iscoroutinefunction(method)
+    assert "basic_ack" in inspect.getsource(acks.GroupAcks._send)
+
+
+def test_aiormq_still_runs_each_delivery_as_a_task_started_in_order() -> None:
+    """`GroupAcks.delivered` relies on the callbacks starting in delivery order, and consumers
+    on the consumer tag it chooses and on the broker's cancels reaching its callback."""
+    source = inspect.getsource(aiormq.Channel._on_deliver_frame)
+    assert "create_task(consumer(message))" in source
+    assert "consumer_tag" in inspect.signature(aiormq.Channel.basic_consume).parameters
+    assert "on_consumer_cancel_callbacks" in inspect.getsource(aiormq.Channel.__init__)
+    assert "on_consumer_cancel_callbacks" in aiormq.abc.AbstractChannel.__annotations__
+    assert isinstance(DeliveredMessage.delivery_tag, property)
+    assert "channel" in DeliveredMessage.__annotations__
+    assert "on_consumer_cancel_callbacks" in inspect.getsource(consumers.RabbitConsumer._consume)
+
+
+def test_robust_queue_restore_still_declares_and_binds_again() -> None:
+    source = inspect.getsource(RobustQueue.restore)
+    assert "self.declare()" in source and "self.bind(" in source
+    assert "_queue.restore()" in inspect.getsource(consumers.RabbitConsumer._consume_again)

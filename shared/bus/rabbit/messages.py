@@ -1,12 +1,12 @@
-"""Broker deliveries as the bus's `Message`: the one place that knows their shapes (aio-pika's
-`IncomingMessage` for work queues, aiormq's `DeliveredMessage` for subscriptions)."""
+"""Broker deliveries as the bus's `Message`: the one place that knows their shape (aiormq's
+`DeliveredMessage`, which subscriptions and work consumers both take straight from aiormq's
+channel, without aio-pika's `IncomingMessage`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
 from ..base import Message
@@ -17,19 +17,9 @@ def headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
     return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in (raw or {}).items()}
 
 
-def to_message(incoming: AbstractIncomingMessage) -> Message:
-    return Message(
-        incoming.routing_key or "",
-        incoming.body,
-        headers(incoming.headers),
-        incoming.reply_to,
-        incoming.correlation_id,
-    )
-
-
 def from_delivered(delivered: DeliveredMessage) -> Message:
     """aiormq's delivery as a `Message`, without building aio-pika's `IncomingMessage` (a dozen
-    properties decoded per delivery, none of which a subscription reads)."""
+    properties decoded per delivery, none of which the bus reads)."""
     properties = delivered.header.properties
     return Message(
         delivered.routing_key or "",
