@@ -168,6 +168,10 @@ class Connection:
             return
         pending.append((frame, size, now))
         self._queued_bytes += size
+        if self._flusher is None and (
+            self._queued_bytes * 2 >= self._max_bytes or (now - pending[0][2]) * 2 >= self._max_age
+        ):
+            self.flush()  # halfway to a bound while paced (flushing.py): written now, not closed
 
     def flush(self) -> None:
         """Write what queued since the last flush, now (`flushing.py` says when that is); wait

@@ -39,6 +39,18 @@ class FakeSink(Sink):
         return True
 
 
+class Lagging(FakeSink):
+    """A transport above its high-water mark after the first write, never drained."""
+
+    __slots__ = ()
+
+    def blocked(self) -> bool:
+        return bool(self.writes)
+
+    async def drain(self) -> None:
+        await asyncio.Event().wait()
+
+
 class Cpu:
     """A demand clock (`flushing.Demand`) that runs at `share` of the loop's clock."""
 
@@ -175,21 +187,25 @@ async def test_one_pass_writes_every_socket_of_a_room_event() -> None:
     assert _sample("roomcast_gateway_flushed_sockets_total") - written == 50
 
 
-async def test_the_bounds_still_close_a_socket_1013_while_paced() -> None:
+async def test_the_bounds_still_close_a_lagging_socket_1013_while_paced() -> None:
     flushes, _ = _scheduler(share=0.9)
     sink = FakeSink()
     await _warm(flushes, sink)
-    by_bytes = _conn(sink, flushes, queue_bytes=4096)
-    by_age = _conn(sink, flushes, queue_seconds=INTERVAL / 5)
-    by_bytes.push(b"x", "updateChat")  # paced: the next pass is an interval away
-    by_age.push(b"x", "updateChat")
-    for _ in range(3):
+    lagging = Lagging()
+    by_bytes = _conn(lagging, flushes, queue_bytes=4096)
+    by_age = _conn(lagging, flushes, queue_seconds=INTERVAL / 5)
+    for _ in range(5):  # written once halfway to the bound; then the transport stays full
         by_bytes.push(b"y" * 2048, "updateChat")
-    await asyncio.sleep(INTERVAL / 2)
-    by_age.push(b"z", "updateChat")
+    by_age.push(b"a", "updateChat")
+    await asyncio.sleep(INTERVAL / 8)  # past half the age bound: written, then full
+    by_age.push(b"b", "updateChat")
+    by_age.push(b"c", "updateChat")  # waits behind the full transport
+    await asyncio.sleep(INTERVAL / 4)
+    by_age.push(b"d", "updateChat")
     assert by_bytes.is_closing and by_age.is_closing
-    await asyncio.sleep(INTERVAL * 2)
-    assert sink.writes == [[b"first"]], "a socket closed for lagging was written to"
+    written = len(lagging.writes)
+    await asyncio.sleep(INTERVAL * 1.5)
+    assert len(lagging.writes) == written, "a socket closed for lagging was written to"
 
 
 async def test_a_failing_socket_does_not_keep_the_others_unwritten() -> None:
@@ -235,3 +251,20 @@ def test_demand_counts_at_least_the_threads_cpu_time() -> None:
 def test_demand_without_schedstat_is_the_threads_cpu_time(tmp_path: Path) -> None:
     demand = Demand(str(tmp_path / "missing"))
     assert abs(demand() - time.thread_time()) < 0.01
+
+
+async def test_a_paced_socket_halfway_to_a_bound_is_written_at_once_not_closed() -> None:
+    flushes, _ = _scheduler(share=0.9)
+    sink = FakeSink()
+    await _warm(flushes, sink)
+    by_bytes = _conn(sink, flushes, queue_bytes=8192)
+    by_age = _conn(sink, flushes, queue_seconds=INTERVAL / 5)
+    for _ in range(3):  # 6 KB within one interval: past half the byte bound, never past it
+        by_bytes.push(b"y" * 2048, "updateChat")
+        await _turns()
+    by_age.push(b"a", "updateChat")
+    await asyncio.sleep(INTERVAL / 8)  # past half the age bound, before the paced pass
+    by_age.push(b"b", "updateChat")
+    assert not by_bytes.is_closing and not by_age.is_closing
+    assert [b"y" * 2048] * 2 in [w[0].split(b"\n") for w in sink.writes]
+    assert [b"a\nb"] in sink.writes
