@@ -96,6 +96,10 @@ class Settings(Limits):
     # (and while their transport is back-pressured), with no tick; still accepted so no
     # deployment's settings break
     batch_tick_ms: float = Field(2.0, gt=0, le=50)
+    # while the gateway is busy, sockets are written at most once per this many ms, so several
+    # events share one send() and (batch=1) one frame; idle, at the end of the loop turn; 0: never
+    # paced (services/gateway/flushing.py)
+    flush_pace_ms: float = Field(8.0, ge=0, le=50)
     # deliveries waiting for a subscription's handler; beyond it they are dropped, counted, and
     # the gateway repairs its rooms from history (a gap)
     bus_inbox_limit: int = Field(100_000, ge=100, le=10_000_000)

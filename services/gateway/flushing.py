@@ -37,17 +37,7 @@ from prometheus_client import Counter, Gauge
 log = structlog.get_logger(__name__)
 
 
-def interval_ms(raw: str | None, default: float = 8.0) -> float:
-    """`ROOMCAST_FLUSH_PACE_MS`: milliseconds between flushes while busy (0: never paced; at most
-    50, since an event may wait that long); an unreadable value is the default."""
-    try:
-        value = float(raw) if raw is not None and raw.strip() else default
-    except ValueError:
-        return default
-    return min(max(value, 0.0), 50.0)
-
-
-INTERVAL = interval_ms(os.environ.get("ROOMCAST_FLUSH_PACE_MS")) / 1000  # read once, at import
+INTERVAL = 0.008  # seconds; the gateway passes `Settings.flush_pace_ms` (ROOMCAST_FLUSH_PACE_MS)
 BUSY_SHARE = 0.5  # of the wall time, over a window
 WINDOW = 0.25  # seconds over which the CPU share is measured
 
@@ -125,6 +115,10 @@ class FlushScheduler:
     def busy(self) -> bool:
         return self._busy
 
+    @property
+    def interval(self) -> float:
+        return self._interval
+
     def want(self, conn: Flushable) -> None:
         """`conn` has events queued: flush it with the next pass (it asks once per pass)."""
         self._due.append(conn)
@@ -168,10 +162,10 @@ _schedulers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlushScheduler
 )
 
 
-def scheduler() -> FlushScheduler:
-    """The running loop's scheduler (made on first use)."""
+def scheduler(interval: float = INTERVAL) -> FlushScheduler:
+    """The running loop's scheduler, made on first use with `interval` (seconds)."""
     loop = asyncio.get_running_loop()
     found = _schedulers.get(loop)
     if found is None:
-        found = _schedulers[loop] = FlushScheduler(loop)
+        found = _schedulers[loop] = FlushScheduler(loop, interval=interval)
     return found

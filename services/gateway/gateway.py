@@ -30,6 +30,7 @@ from .auth.tokens import TokenVerifier
 from .clients import HistoryClient, PresenceClient
 from .connection import CLOSE_RESTART, Close, Connection, Limiters, Send
 from .events import HANDLERS
+from .flushing import scheduler
 from .membership import Membership
 from .metrics import CONNECTIONS, ERRORS, FRAMES_IN
 from .moderation import Moderation
@@ -159,6 +160,7 @@ class ChatGateway:
                 invites=TokenBucket(s.invite_per_second, s.invite_burst),
                 reads=TokenBucket(s.rate_per_second, s.rate_burst),
             ),
+            flushes=scheduler(s.flush_pace_ms / 1000),
         )
         self.membership.open(conn)
         CONNECTIONS.inc()

@@ -11,12 +11,17 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 from roomcast.gateway.connection import Connection, Limiters
-from roomcast.gateway.flushing import Demand, FlushScheduler, interval_ms
+from roomcast.gateway.flushing import Demand, FlushScheduler, scheduler
+from roomcast.gateway.gateway import ChatGateway
 from roomcast.gateway.ratelimit import TokenBucket
 from roomcast.gateway.rawsend import Sink
+from roomcast.shared.bus import InMemoryBus
+from roomcast.shared.config import ConfigError, load_settings
+from roomcast.shared.sessions import SessionSigner
 
 INTERVAL = 0.3  # long, so that a slow test machine's turns still fall within one
 WINDOW = 0.01
@@ -221,12 +226,33 @@ async def test_a_failing_socket_does_not_keep_the_others_unwritten() -> None:
     assert good.writes == [[b"a"]]
 
 
-def test_the_pace_is_read_from_the_environment_within_bounds() -> None:
-    assert interval_ms(None) == 8.0
-    assert interval_ms("2.5") == 2.5
-    assert interval_ms("0") == 0.0
-    assert interval_ms("1000") == 50.0
-    assert interval_ms("fast") == 8.0
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("fast", "valid number"), ("-1", "greater than or equal to 0"), ("51", "less than or equal")],
+)
+def test_a_bad_pace_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    monkeypatch.setenv("ROOMCAST_FLUSH_PACE_MS", value)
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value).startswith("ROOMCAST_FLUSH_PACE_MS: ") and says in str(error.value)
+
+
+async def _no_close(code: int) -> None:
+    raise AssertionError(f"closed {code}")
+
+
+async def test_the_gateway_paces_its_sockets_by_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The setting reaches the loop's scheduler that every socket of the gateway flushes through."""
+    monkeypatch.setenv("ROOMCAST_FLUSH_PACE_MS", "2.5")
+    settings = load_settings()
+    assert settings.flush_pace_ms == 2.5
+    gateway = ChatGateway(InMemoryBus(), settings, SessionSigner(b"k" * 32))
+    gateway.open(FakeSink(), _no_close, batch=True)  # the loop's first socket makes its scheduler
+    assert scheduler().interval == 0.0025
 
 
 async def test_a_pace_of_zero_never_makes_an_event_wait() -> None:
