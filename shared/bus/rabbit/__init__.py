@@ -13,9 +13,11 @@ Modules, one role each, each stating its guarantees:
 - `connection`: the first connection retried, every round trip bounded, publishing with confirms
   (straight to aiormq's `basic_publish` for the bus's own publishes);
 - `subscriptions`: broadcast, at-most-once, with the gaps reported (`on_gap`);
-- `consumers`: work queues, at-least-once;
-- `rpc`: request/reply, and the one reach-in into aiormq (subscriptions consume through it);
-- `bus`: `RabbitBus`, which puts them together; `messages`: aio-pika's deliveries as `Message`s.
+- `consumers`: work queues, at-least-once, settled in groups (`acks`: one `multiple` ack per
+  loop turn);
+- `rpc`: request/reply, and the one reach-in into aiormq (subscriptions and consumers consume
+  through it);
+- `bus`: `RabbitBus`, which puts them together; `messages`: aiormq's deliveries as `Message`s.
 """
 
 from __future__ import annotations
