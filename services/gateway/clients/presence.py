@@ -13,22 +13,19 @@ got no answer (maybe an older replica took over).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import BaseModel
 
 from roomcast.shared import rpc, topics
-from roomcast.shared.bus import Bus, BusTimeoutError, BusUnavailableError
+from roomcast.shared.bus import Bus, BusUnavailableError
 from roomcast.shared.config import Settings
-from roomcast.shared.errors import ProtocolError
 from roomcast.shared.moderation import RoomModeration
 
-MAX_IN_FLIGHT = 2  # batches of joins awaiting their reply at once, per gateway
+from .batching import MAX_IN_FLIGHT, TurnBatcher, Waiting
 
 
 class Admission(BaseModel):
@@ -37,13 +34,11 @@ class Admission(BaseModel):
     moderation: RoomModeration | None = None  # the room's owner, mutes and bans (2.4)
 
 
-class _Waiting(NamedTuple):
-    join: rpc.BatchedJoin
-    answer: asyncio.Future[Any]
-
-
-class JoinBatcher:
+class JoinBatcher(TurnBatcher[rpc.BatchedJoin]):
     """Sends joins to presence in batches (rpc.JoinBatch); see the module docstring."""
+
+    task_name = "presence-joins"
+    refusal = "presence did not answer a join"
 
     def __init__(
         self,
@@ -54,17 +49,8 @@ class JoinBatcher:
         max_in_flight: int = MAX_IN_FLIGHT,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(timeout, max_batch=max_batch, max_in_flight=max_in_flight, wall=wall)
         self._bus = bus
-        self._timeout = timeout
-        self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
-        self._wall = wall
-        self._queue: deque[_Waiting] = deque()
-        self._in_flight = 0
-        self._flushing = False
-        self._sending: set[asyncio.Task[None]] = set()
-        self.takes_batches = False  # learnt from presence's replies
-        self.requests = 0  # batches sent, for tests and metrics
 
     async def join(self, request: rpc.JoinRequest) -> Any:
         """Presence's answer to one join (its admission), or the error it raised."""
@@ -75,82 +61,20 @@ class JoinBatcher:
             if isinstance(result, dict) and result.get(rpc.BATCHES):
                 self.takes_batches = True
             return result
-        deadline = self._wall() + self._timeout
-        waiting = _Waiting(
-            rpc.BatchedJoin(**request.model_dump(), deadline=deadline),
-            asyncio.get_running_loop().create_future(),
+        deadline = self.deadline()
+        return await self.submit(
+            rpc.BatchedJoin(**request.model_dump(), deadline=deadline), deadline
         )
-        self._queue.append(waiting)
-        self._flush_soon()
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await asyncio.shield(waiting.answer)
-        except TimeoutError as exc:
-            self.takes_batches = False  # ask singly, and learn again from the reply
-            raise BusTimeoutError(
-                f"presence did not answer a join within {self._timeout:g}s"
-            ) from exc
-        finally:
-            if not waiting.answer.done():
-                waiting.answer.cancel()  # nobody waits: not sent, if it is still queued
-            elif not waiting.answer.cancelled():
-                waiting.answer.exception()  # an answer that came too late is not an error
 
-    def _flush_soon(self) -> None:
-        """Send what is queued at the end of this turn of the loop: the joins issued in it go
-        together; while `max_in_flight` batches are out, joins wait for the next."""
-        if not self._flushing and self._in_flight < self._max_in_flight:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flushing = False
-        while self._queue and self._in_flight < self._max_in_flight:
-            batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
-            self._in_flight += 1
-            task = asyncio.create_task(self._send(batch), name="presence-joins")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[_Waiting]) -> None:
-        try:
-            batch = [w for w in batch if not w.answer.done()]  # their callers went away
-            if batch:
-                await self._ask(batch)
-        finally:
-            self._in_flight -= 1
-            self._flush_soon()
-
-    async def _ask(self, batch: list[_Waiting]) -> None:
-        deadline = max(w.join.deadline for w in batch)
-        request = rpc.encode(rpc.JoinBatch(joins=[w.join for w in batch]))
-        self.requests += 1
-        try:
-            raw = await self._bus.request(
-                topics.presence_request("joins"),
-                request,
-                timeout=max(deadline - self._wall(), 0.001),
-                headers={rpc.DEADLINE_HEADER: f"{deadline:.3f}"},
-            )
-            answers = rpc.outcomes(raw, len(batch))
-        except (BusUnavailableError, ProtocolError) as exc:
-            if isinstance(exc, BusTimeoutError):
-                self.takes_batches = False  # ask singly, and learn again from the reply
-            answers = [exc] * len(batch)
-        for waiting, answer in zip(batch, answers, strict=True):
-            if waiting.answer.done():
-                continue
-            if isinstance(answer, BaseException):
-                waiting.answer.set_exception(_own(answer))
-            else:
-                waiting.answer.set_result(answer)
-
-
-def _own(error: BaseException) -> BaseException:
-    """A copy per waiter of an error a whole batch got: each caller raises its own."""
-    if isinstance(error, ProtocolError):
-        return ProtocolError(error.code, error.message)
-    return type(error)(*error.args)
+    async def _ask(self, batch: list[Waiting[rpc.BatchedJoin]]) -> list[Any]:
+        deadline = max(w.deadline for w in batch)
+        raw = await self._bus.request(
+            topics.presence_request("joins"),
+            rpc.encode(rpc.JoinBatch(joins=[w.entry for w in batch])),
+            timeout=max(deadline - self._wall(), 0.001),
+            headers={rpc.DEADLINE_HEADER: f"{deadline:.3f}"},
+        )
+        return list(rpc.outcomes(raw, len(batch)))
 
 
 class PresenceClient:
