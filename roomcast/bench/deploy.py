@@ -395,14 +395,34 @@ async def delete_topology(amqp_url: str, exchange: str, queues: list[str]) -> No
 
 
 # measuring -------------------------------------------------------------------------------------
-def broker_pids() -> list[int]:
-    """The local RabbitMQ node (Erlang's beam.smp), read only."""
-    pids = []
+def broker_pids(port: int | None = None) -> list[int]:
+    """The RabbitMQ node (Erlang's beam.smp) the bench talks to, read only: the one listening on
+    `port` when that can be told, else every local node. Tests start private nodes on other
+    ports, and one of them stopping mid-run must not count against the bench's broker."""
+    nodes = []
     for proc in psutil.process_iter(["name", "cmdline"]):
         with contextlib.suppress(psutil.Error):
             if proc.info["name"] == "beam.smp" and "rabbit" in " ".join(proc.info["cmdline"] or []):
-                pids.append(proc.pid)
-    return pids
+                nodes.append(proc)
+    if port is not None:
+        serving = [p.pid for p in nodes if _listens(p, port)]
+        if serving:
+            return serving
+    return [p.pid for p in nodes]
+
+
+def _listens(proc: psutil.Process, port: int) -> bool:
+    try:
+        conns = proc.net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two `Monitor.cpu` readings, by the processes present at both
+    (one that ended meanwhile is left out instead of counting its whole past as negative)."""
+    return sum(after[p] - before[p] for p in after if p in before and after[p] >= before[p])
 
 
 class Monitor:
@@ -443,9 +463,12 @@ class Monitor:
         return out
 
     def cpu(self) -> dict[int, float]:
-        """CPU seconds (user + system) so far, per watched pid (children included)."""
+        """CPU seconds (user + system) so far, per watched pid that still runs (children
+        included)."""
         out = {}
         for pid in self._procs:
+            if not self._procs[pid].is_running():
+                continue
             total = 0.0
             for proc in self._tree(pid):
                 with contextlib.suppress(psutil.Error):

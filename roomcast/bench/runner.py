@@ -36,6 +36,7 @@ from .deploy import (
     RoomcastDeployment,
     TargetDeployment,
     broker_pids,
+    cpu_delta,
     http_get,
 )
 from .scenarios import Config, Plan, build_plan, resolve
@@ -286,7 +287,7 @@ class Bench:
         if self.db is not None and self.db.pid is not None:
             roles["db"] = [self.db.pid]
         monitor = Monitor(roles)
-        broker = Monitor({"broker": broker_pids()})
+        broker = Monitor({"broker": broker_pids(urlsplit(self.amqp_url).port or 5672)})
         monitor.start()
         await asyncio.sleep(0.5)
         base = monitor.rss()
@@ -335,9 +336,7 @@ class Bench:
             "server_rss_mb": sum(monitor.peak.get(p, 0) for p in own) / MB,
             "server_cpu_by_role_s": by_role,
             "server_cpu_pct": round(100 * sum(cpu.values()) / phase_s, 1) if phase_s else None,
-            "broker_cpu_s": round(
-                sum(broker1.get(p, 0.0) - broker0.get(p, 0.0) for p in broker1), 3
-            ),
+            "broker_cpu_s": round(cpu_delta(broker0, broker1), 3),
             "gateway_rss_base_mb": [round(base.get(p, 0) / MB, 1) for p in gateways],
             "gateway_rss_peak_mb": [round(monitor.peak.get(p, 0) / MB, 1) for p in gateways],
             "gateway_rss_end_mb": [round(end.get(p, 0) / MB, 1) for p in gateways],
