@@ -31,6 +31,7 @@ from roomcast.gateway.gateway import ChatGateway
 from roomcast.gateway.pings import enable_pings
 from roomcast.history.service import HistoryService
 from roomcast.presence.service import PresenceService
+from roomcast.shared import gcpauses
 from roomcast.shared.bus import Bus, InMemoryBus
 from roomcast.shared.config import ConfigError, Settings, read_secret
 from roomcast.shared.ops import Check, add_ops_routes
@@ -304,7 +305,8 @@ async def run_webhooks(settings: Settings, host: str, port: int) -> None:
 
 
 def run(main: Awaitable[None]) -> None:
-    """Run on uvloop where it is installed."""
+    """Run on uvloop where it is installed, with the collector's pauses timed (gcpauses)."""
+    gcpauses.watch()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - non-Linux
