@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 import pytest
 
-from roomcast.history.service import HistoryService, WriteBatcher
+from roomcast.history.service import WriteBatcher
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import InMemoryBus
-from roomcast.shared.config import load_settings
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.store.base import Inserted
 from roomcast.shared.store.memory import InMemoryMessageStore
+from tests.support.history import running_history
 
 pytestmark = pytest.mark.unit
 
@@ -93,17 +93,9 @@ async def test_a_linger_that_runs_out_writes() -> None:
 
 @pytest.fixture
 async def history() -> AsyncIterator[tuple[InMemoryBus, CountingStore]]:
-    bus = InMemoryBus(name="history-write-batches")
-    await bus.connect()
     store = CountingStore()
-    settings = load_settings(secret="test-secret-0123456789abcdef")
-    service = HistoryService(bus, store, settings, write_linger=FOREVER)
-    await service.start()
-    try:
+    async with running_history("history-write-batches", store, write_linger=FOREVER) as (bus, _):
         yield bus, store
-    finally:
-        await service.stop()
-        await bus.close()
 
 
 async def test_a_read_does_not_wait_for_the_linger_and_sees_every_message_ahead(

@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from roomcast.history.service import HistoryService
 from roomcast.shared.bus import InMemoryBus
-from roomcast.shared.config import load_settings
 from roomcast.shared.store.counters import RoomRevs, SeqBlock
 from roomcast.shared.store.memory import InMemoryMessageStore
+from tests.support.history import running_history
 
 pytestmark = pytest.mark.unit
 
@@ -77,16 +76,9 @@ class CountingStore(InMemoryMessageStore):
 
 @pytest.fixture
 async def history() -> AsyncIterator[tuple[InMemoryBus, CountingStore]]:
-    bus = InMemoryBus(name="history-write-counters")
-    await bus.connect()
     store = CountingStore()
-    service = HistoryService(bus, store, load_settings(secret="test-secret-0123456789abcdef"))
-    await service.start()
-    try:
+    async with running_history("history-write-counters", store) as (bus, _):
         yield bus, store
-    finally:
-        await service.stop()
-        await bus.close()
 
 
 async def test_history_forgets_the_counters_when_another_replica_may_have_written(

@@ -16,12 +16,12 @@ from roomcast.gateway.clients.readstates import ReadStateBatcher
 from roomcast.history.service import HistoryService
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import BusTimeoutError, InMemoryBus, Message
-from roomcast.shared.config import load_settings
 from roomcast.shared.errors import ProtocolError
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.store.base import StoreUnavailableError
 from roomcast.shared.store.memory import InMemoryMessageStore
 from roomcast.shared.topics import Header
+from tests.support.history import running_history
 
 pytestmark = pytest.mark.unit
 
@@ -30,16 +30,9 @@ ROOMS = ("lobby", "attic", "cellar")
 
 @pytest.fixture
 async def history() -> AsyncIterator[tuple[InMemoryBus, InMemoryMessageStore, HistoryService]]:
-    bus = InMemoryBus(name="read-state-batches")
-    await bus.connect()
     store = InMemoryMessageStore()
-    service = HistoryService(bus, store, load_settings(secret="test-secret-0123456789abcdef"))
-    await service.start()
-    try:
+    async with running_history("read-state-batches", store) as (bus, service):
         yield bus, store, service
-    finally:
-        await service.stop()
-        await bus.close()
 
 
 def requests_of(bus: InMemoryBus, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

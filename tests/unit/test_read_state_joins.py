@@ -18,11 +18,11 @@ import pytest
 from roomcast.history.service import HistoryService
 from roomcast.shared import rpc, topics
 from roomcast.shared.bus import InMemoryBus
-from roomcast.shared.config import load_settings
 from roomcast.shared.models import ChatMessage
 from roomcast.shared.store.memory import InMemoryMessageStore
 from roomcast.shared.topics import Header
 from tests.support.chat_client import ChatClient
+from tests.support.history import running_history
 from tests.support.inprocess import Server
 
 pytestmark = pytest.mark.unit
@@ -101,16 +101,9 @@ async def test_a_repeated_join_refreshes_its_read_state_from_memory(
 
 @pytest.fixture
 async def history() -> AsyncIterator[tuple[InMemoryBus, InMemoryMessageStore, HistoryService]]:
-    bus = InMemoryBus(name="read-state")
-    await bus.connect()
     store = InMemoryMessageStore()
-    service = HistoryService(bus, store, load_settings(secret="test-secret-0123456789abcdef"))
-    await service.start()
-    try:
+    async with running_history("read-state", store) as (bus, service):
         yield bus, store, service
-    finally:
-        await service.stop()
-        await bus.close()
 
 
 async def post(bus: InMemoryBus, n: int, username: str = "bob") -> None:
