@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
+import orjson
+
 from roomcast.shared import topics
 
 from .bindings import Bindings
@@ -47,23 +49,54 @@ class Member:
         else:
             held.append(Held(frame, event, message_id, size))
 
-    def go_live(self, already_seen: AbstractSet[str]) -> None:
-        """Release what was held, less the messages the joiner's history already showed, and
-        less the chat messages held before the last of those: they are older than the history
-        (it holds the newest N, which moved on while the join was answered), so written live
-        they would arrive out of order; the client pages back over HTTP for them like for any
-        message older than its history."""
+    def go_live(self, already_seen: AbstractSet[str], users: Iterable[str] = ()) -> None:
+        """Release what was held, less what the joiner was already shown.
+
+        - Messages its history showed, and chat messages held before the last of those: they
+          are older than the history (it holds the newest N, which moved on while the join
+          was answered), so written live they would arrive out of order; the client pages back
+          over HTTP for them like for any message older than its history.
+        - Presence changes its snapshot (`users`) already holds: a `userJoin` of a user in the
+          list, a `userLeave` of one not in it (presence answers a batch of joins after their
+          `userJoin`s, and each snapshot includes the joins judged before it: announcer.py).
+          Replayed on the snapshot, what is left changes the list at every step."""
         held, self.held = self.held or [], None
         last = -1
         for i, item in enumerate(held):
             if item.message_id is not None and item.message_id in already_seen:
                 last = i
+        listed: set[str] | None = None
         for i, item in enumerate(held):
             if item.message_id is not None and (
                 item.message_id in already_seen or (i < last and item.event == "updateChat")
             ):
                 continue
+            if item.event in PRESENCE_CHANGES:
+                if listed is None:
+                    listed = set(users)
+                if not _changes(listed, item):
+                    continue
             self.conn.push(item.frame, item.event, item.size)
+
+
+PRESENCE_CHANGES = frozenset({"userJoin", "userLeave"})
+
+
+def _changes(listed: set[str], item: Held) -> bool:
+    """Whether a held `userJoin`/`userLeave` changes the list (and apply it if it does)."""
+    try:
+        username = orjson.loads(item.frame)["data"]["username"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return True  # not ours to judge: written as it came
+    if item.event == "userJoin":
+        if username in listed:
+            return False
+        listed.add(username)
+    else:
+        if username not in listed:
+            return False
+        listed.discard(username)
+    return True
 
 
 class Membership:

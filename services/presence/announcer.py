@@ -11,7 +11,14 @@ A join closes the open batch at once (a barrier) and its reply waits until that 
 published: the joiner's snapshot then reflects exactly what was announced before it, and every
 later change reaches its gateway (which bound the room before asking) after the snapshot.
 Without the barrier, a leave before the snapshot and a rejoin after it would cancel out and
-the joiner would never learn of the rejoin.
+the joiner would never learn of the rejoin. A batch of joins (`presence.joins`) needs only two
+barriers, before its first join and after its last: between them only joins happen, and a
+join never cancels another. Its joiners' snapshots then include the joins judged before
+theirs in the same batch, whose `userJoin` is published after; the gateway drops such a held
+event as already shown (`Member.go_live`).
+
+A batch's events are published together, their confirms awaited at once (each (room, user)
+has at most one event in a batch, so their order within it does not matter).
 
 Publishing is best effort: an event that cannot be published is logged and dropped (the
 gateways' heartbeats keep presence right; a client recovers its list by joining again).
@@ -84,8 +91,12 @@ class Announcer:
         once everything announced so far is published (None when that is already so)."""
         for change in changes.presence:
             self._note(change.room, change.username, change.present, change.conn)
-        if not barrier:
-            return None
+        return self.barrier() if barrier else None
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        """Close the open batch: changes from now on cannot cancel out those before. Returns a
+        future that resolves once everything announced so far is published (None when that is
+        already so)."""
         self._close()
         last = self._last
         return last.done if last is not None and not last.done.done() else None
@@ -158,7 +169,11 @@ class Announcer:
         self._wake.set()
 
     async def _publish(self, batch: _Batch) -> None:
+        """Publish a batch's events all at once (their confirms in flight together): within a
+        batch each (room, user) has at most one event, so their order does not matter; batches
+        still go one after another."""
         flips: list[Flip] = []
+        sends = []
         for room, users in batch.rooms.items():
             for username, net in users.items():
                 event = "userJoin" if net.after else "userLeave"
@@ -166,21 +181,25 @@ class Announcer:
                     EVENTS.labels(event, "coalesced").inc()
                     continue
                 flips.append(Flip(room, username, net.after))
-                frame = encode_event(event, {"username": username, "room": room}, room=room)
-                headers = {topics.Header.ORIGIN: net.origin} if net.after and net.origin else {}
-                try:
-                    await self._bus.publish(
-                        topics.room_event(room, event), frame.encode(), headers=headers
-                    )
-                except Exception as exc:  # ephemeral: one lost event must not stop the others
-                    EVENTS.labels(event, "dropped").inc()
-                    log.warning(
-                        "presence event not published",
-                        presence_event=event,
-                        room=room,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                else:
-                    EVENTS.labels(event, "published").inc()
+                origin = net.origin if net.after else ""
+                sends.append(self._send(room, username, event, origin))
+        if sends:
+            await asyncio.gather(*sends)
         if self._webhooks is not None and flips:
             self._webhooks.changed(flips)
+
+    async def _send(self, room: str, username: str, event: str, origin: str) -> None:
+        frame = encode_event(event, {"username": username, "room": room}, room=room)
+        headers = {topics.Header.ORIGIN: origin} if origin else {}
+        try:
+            await self._bus.publish(topics.room_event(room, event), frame.encode(), headers=headers)
+        except Exception as exc:  # ephemeral: one lost event must not stop the others
+            EVENTS.labels(event, "dropped").inc()
+            log.warning(
+                "presence event not published",
+                presence_event=event,
+                room=room,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        else:
+            EVENTS.labels(event, "published").inc()

@@ -16,9 +16,10 @@ per key (readahead.py), so the lock is held for memory work only; name reservati
 all at once when the replica takes over (reservations.py), so a fresh name needs no read.
 
 Gateways batch their joins (`presence.joins`, rpc.JoinBatch): a batch is judged join by join,
-in order, exactly as that many `join` requests would be (each its own snapshot, barrier and
-error; one whose own deadline passed is skipped), under one acquisition of the lock, and
-answered once. A single `join` is still answered (older gateways), and its reply says batches
+in order, as that many `join` requests would be (each its own snapshot and error; one whose own
+deadline passed is skipped), under one acquisition of the lock, with one announcer barrier
+before the first and one after the last instead of one per join (announcer.py), and answered
+once. A single `join` is still answered (older gateways), and its reply says batches
 are taken (`rpc.BATCHES`), which is how a gateway learns it may send them.
 
 Its background tasks (the announcer, the reservation writer, the reaper) are supervised: one
@@ -215,26 +216,25 @@ class PresenceService:
             if not self._gave_up(req):
                 self._read_ahead(req)
         entries: list[dict[str, Any]] = []
-        announced: asyncio.Future[Any] | None = None
         judged = 0
         async with self._lock:
+            self.announcer.barrier()  # what came before cannot cancel out with these joins
             for req in batch.joins:
                 if self._gave_up(req):
                     OPS.labels("join", "expired").inc()
                     entries.append(rpc.outcome_of(GAVE_UP))
                     continue
                 judged += 1
-                self._announced = None
                 try:
-                    admission = await self._join(req)
+                    admission = await self._join(req, barrier=False)
                 except rpc.RemoteError as exc:
                     OPS.labels("join", exc.code).inc()
                     entries.append(rpc.outcome_of(exc))
                 else:
                     OPS.labels("join", "ok").inc()
                     entries.append(rpc.outcome_of(None, admission))
-                # batches are published in order: the last one covers those before it
-                announced = self._announced or announced
+            # batches are published in order: the last one covers those before it
+            announced = self.announcer.barrier()
             USERS.set(len(self.state.conns))
         if not judged:
             return  # nobody waits for any of them
@@ -277,7 +277,9 @@ class PresenceService:
         newer one until it learns from this reply that batches are taken)."""
         return rpc.result({**await self._join(req), rpc.BATCHES: True})
 
-    async def _join(self, req: rpc.JoinRequest) -> dict[str, Any]:
+    async def _join(self, req: rpc.JoinRequest, *, barrier: bool = True) -> dict[str, Any]:
+        """Judge one join; with `barrier` (a single `join`), its reply waits for what it
+        announced (`self._announced`), else the caller sets the barrier (`_joins`)."""
         now = self._clock()
         self.state.touch(req.gateway, now)
         key = username_key(req.username)
@@ -304,7 +306,9 @@ class PresenceService:
         changes = self.state.join(
             req.gateway, req.conn, req.username, req.session_hash, req.room, now
         )
-        self._announced = self._apply(changes, barrier=True)
+        announced = self._apply(changes, barrier=barrier)
+        if barrier:
+            self._announced = announced
         return {
             "users": self.state.users(req.room),
             "private": private is not None,

@@ -2,7 +2,8 @@
 (`Publisher.send`): on the broker a message still has its headers, its delivery mode and an id;
 a publish the broker refuses raises `BusUnavailableError`; and a traced publish
 (`bus.trace`, ROOMCAST_TRACE_STAGES) gets its stages stamped and recorded on the way through a
-real broker.
+real broker. Publishes of one loop turn are in flight together and leave in one write of the
+corked socket (shared/bus/rabbit/corking.py), still in order and each confirmed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from roomcast.shared.bus import BusUnavailableError, Message, trace
 from roomcast.shared.bus.rabbit import RabbitBus
+from roomcast.shared.bus.rabbit.corking import CorkedWriter
 from roomcast.shared.topics import Header
 from tests.servers.rabbitmq import machine_broker_url, private_exchange_bus
 
@@ -130,3 +132,31 @@ async def test_a_traced_publish_records_every_stage_through_the_broker(
     assert Header.TRACE_PUBLISHED not in untraced.headers
     await plain.close()
     assert count("confirm") == before["confirm"] + 1
+
+
+async def test_publishes_of_one_turn_go_in_one_write_in_order_each_confirmed(
+    bus: RabbitBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    original = CorkedWriter.uncork
+
+    def counted(self: CorkedWriter) -> None:
+        if self._corked:
+            writes.append(len(self._corked))
+        original(self)
+
+    monkeypatch.setattr(CorkedWriter, "uncork", counted)
+    got: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    connection = await aio_pika.connect(machine_broker_url())
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(bus.exchange_name, "room.burst.*")
+        await queue.consume(got.put, no_ack=True)
+        writes.clear()
+        await asyncio.gather(
+            *(bus.publish("room.burst.updateChat", str(n).encode()) for n in range(50))
+        )
+        bodies = [(await asyncio.wait_for(got.get(), 5)).body for _ in range(50)]
+    assert bodies == [str(n).encode() for n in range(50)]
+    assert max(writes) >= 10, f"the burst's frames were written {writes} at a time"

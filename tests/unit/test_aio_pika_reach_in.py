@@ -10,6 +10,11 @@ the installed version so that an upgrade fails here, loudly and by name, and not
   settled with `basic_ack(multiple=..., wait=False)`, `basic_reject`, `basic_nack`; each
   delivery's callback runs as a task of its own, started in delivery order; a cancelled
   consumer's queue is declared and bound again by the robust queue's `restore()`.
+- `connection.Publisher.send`: aiormq's `basic_publish(..., wait=False)`, which queues the frames
+  and releases the channel's lock without waiting for the socket's drain.
+- `corking`: aiormq's `TransportFactory` (`create(url, **kwargs)` giving a reader and a writer,
+  `ssl_context_provider` among the keyword arguments), and aio-pika's connection keeping the
+  keyword arguments it hands to aiormq in `self.kwargs`.
 - pyproject.toml pins aio-pika's major version; the installed one must be inside the pin.
 """
 
@@ -28,7 +33,7 @@ from aio_pika.robust_queue import RobustQueue
 from aiormq.abc import DeliveredMessage
 from packaging.requirements import Requirement
 
-from roomcast.shared.bus.rabbit import acks, consumers, rpc
+from roomcast.shared.bus.rabbit import acks, connection, consumers, corking, rpc
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,3 +109,25 @@ def test_robust_queue_restore_still_declares_and_binds_again() -> None:
     source = inspect.getsource(RobustQueue.restore)
     assert "self.declare()" in source and "self.bind(" in source
     assert "_queue.restore()" in inspect.getsource(consumers.RabbitConsumer._consume_again)
+
+
+def test_aiormq_still_publishes_without_waiting_for_the_drain() -> None:
+    parameters = inspect.signature(aiormq.Channel.basic_publish).parameters
+    for name in ("body", "exchange", "routing_key", "properties", "mandatory", "wait"):
+        assert name in parameters, f"aiormq.Channel.basic_publish has no {name!r} any more"
+    assert "drain_future = self.create_future() if wait else None" in inspect.getsource(
+        aiormq.Channel.basic_publish
+    ), "aiormq's basic_publish changed what wait=False means: review Publisher.send"
+    assert "wait=False" in inspect.getsource(connection.Publisher.send)
+
+
+def test_aiormq_and_aio_pika_still_take_a_transport_factory() -> None:
+    from aiormq.connection import TransportFactory
+
+    assert "transport_factory" in inspect.signature(aiormq.Connection.__init__).parameters
+    assert "self._transport_factory.create(" in inspect.getsource(aiormq.Connection.connect)
+    assert "ssl_context_provider" in inspect.getsource(aiormq.Connection.connect)
+    assert issubclass(corking.CorkedTransportFactory, TransportFactory)
+    # aio-pika hands its connection's `kwargs` to aiormq on every (re)connect
+    assert "**self.kwargs" in inspect.getsource(aio_pika.Connection.connect)
+    assert issubclass(corking.CorkedRobustConnection, aio_pika.RobustConnection)

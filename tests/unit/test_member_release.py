@@ -1,10 +1,14 @@
 """A joiner's held events after its `msgHistory` (no gap, no repeat, in order): a chat message
 held before the last message the history showed is older than that history, and must not be
-written after it (tests/integration/test_cluster.py's no-gap check caught one, out of order)."""
+written after it (tests/integration/test_cluster.py's no-gap check caught one, out of order).
+Presence changes that the joiner's `activeUsers` snapshot already holds are not written either:
+presence answers a batch of joins after their `userJoin`s (2.1)."""
 
 from __future__ import annotations
 
 from typing import Any, cast
+
+import orjson
 
 from roomcast.gateway.membership import Member
 
@@ -50,3 +54,36 @@ def test_held_messages_newer_than_the_history_are_all_written() -> None:
     m.deliver("m6", "updateChat", "m6", 2)
     m.go_live({"m1", "m2"})  # the history ended before anything held
     assert [frame for frame, _ in socket.written] == ["m5", "m6"]
+
+
+def presence_frame(event: str, username: str) -> str:
+    return orjson.dumps({"event": event, "data": {"username": username, "room": "main"}}).decode()
+
+
+def test_held_presence_changes_the_snapshot_holds_are_not_written() -> None:
+    m, socket = member()
+    held = [
+        ("userJoin", "ann"),  # judged before the joiner in its batch: in the snapshot
+        ("userJoin", "bob"),  # after it: news
+        ("userLeave", "cat"),  # gone before the snapshot: not in it
+        ("userLeave", "ann"),  # news
+        ("userJoin", "ann"),  # news again: she was taken off the list just before
+        ("userJoin", "bob"),  # already added above
+    ]
+    for event, username in held:
+        m.deliver(presence_frame(event, username), event, None, 10)
+    m.go_live(set(), ["ann", "joiner"])
+    written = [(event, orjson.loads(frame)["data"]["username"]) for frame, event in socket.written]
+    assert written == [("userJoin", "bob"), ("userLeave", "ann"), ("userJoin", "ann")]
+    # what is written, replayed on the snapshot, gives what everything held would have given
+    listed = {"ann", "joiner"}
+    for event, username in held:
+        listed = listed | {username} if event == "userJoin" else listed - {username}
+    assert listed == {"ann", "bob", "joiner"}
+
+
+def test_a_presence_change_is_never_held_back_once_live() -> None:
+    m, socket = member()
+    m.go_live(set(), ["ann"])
+    m.deliver(presence_frame("userJoin", "ann"), "userJoin", None, 10)  # live: not judged
+    assert [event for _, event in socket.written] == ["userJoin"]

@@ -30,6 +30,7 @@ from tests.unit.test_presence_units import (  # noqa: F401 - fixtures among them
     disconnect,
     join,
     presence,
+    recorder,
     until,
 )
 
@@ -92,6 +93,68 @@ async def test_joins_of_one_turn_go_in_one_request_and_each_gets_its_own_snapsho
     for n, admission in enumerate(admissions):
         assert admission.users == sorted(f"user{k}" for k in range(n + 1))
     assert service.state.users("lobby") == sorted(f"user{n}" for n in range(10))
+
+
+async def test_a_batch_of_joins_is_announced_in_one_round_after_its_snapshots(
+    bus: CountingBus, presence: Presence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One barrier per batch, not per join: the batch's `userJoin`s go out together (one
+    announcer round, their publishes in flight at once), and replayed on any joiner's snapshot
+    they give the roster (the gateway drops those the snapshot already holds)."""
+    received = await recorder(bus)
+    service = await presence()
+    rounds: list[int] = []
+    publish = service.announcer._publish
+
+    async def counted(batch: Any) -> None:
+        rounds.append(sum(len(users) for users in batch.rooms.values()))
+        await publish(batch)
+
+    monkeypatch.setattr(service.announcer, "_publish", counted)
+    gateway = client(bus)
+    await learnt(gateway)
+    rounds.clear()
+    received.clear()
+    admissions = await asyncio.gather(
+        *(gateway.join(f"c{n}", f"user{n}", f"h{n}", "lobby") for n in range(10))
+    )
+    assert rounds == [10]
+    assert sorted(who for _, _, (who, _) in received) == [f"user{n}" for n in range(10)]
+    for admission in admissions:
+        listed = set(admission.users)
+        for event, _, (who, _) in received:
+            listed = listed | {who} if event == "userJoin" else listed - {who}
+        assert sorted(listed) == service.state.users("lobby")
+
+
+async def test_a_leave_before_a_batch_of_joins_is_not_cancelled_by_a_rejoin_in_it(
+    bus: CountingBus, presence: Presence
+) -> None:
+    """bob leaves; then, in one batch, alice joins (her snapshot lacks bob) and bob is back.
+    The leave is announced in a batch of its own, before the joins: coalesced with bob's
+    rejoin it would vanish, and alice would never learn that bob is there."""
+    received = await recorder(bus)
+    service = await presence()
+    service.announcer._tick = 10.0  # only barriers close batches here
+    gateway = client(bus)
+    await learnt(gateway)
+    await gateway.join("c-bob", "bob", "h-bob", "lobby")
+    leaving = asyncio.create_task(disconnect(bus, "c-bob"))
+    await until(lambda: service.state.users("lobby") == [])  # his leave is in the open batch
+    alice, bob = await asyncio.gather(
+        gateway.join("c-alice", "alice", "h-alice", "lobby"),
+        gateway.join("c-bob2", "bob", "h-bob", "lobby"),
+    )
+    await leaving
+    assert bus.requests.count(topics.presence_request("joins")) == 2  # bob's, then these two
+    assert alice.users == ["alice"] and bob.users == ["alice", "bob"]
+    lobby = [(event, who) for event, room, (who, _) in received if room == "lobby"]
+    assert lobby == [
+        ("userJoin", "bob"),
+        ("userLeave", "bob"),
+        ("userJoin", "alice"),
+        ("userJoin", "bob"),
+    ]
 
 
 async def test_each_join_of_a_batch_gets_its_own_error(

@@ -13,7 +13,8 @@
    not answering does not: the joiner gets `msgHistory` `[]` and an ack with
    `"history": false` (2.2).
 3. `msgHistory`, then the `activeUsers` snapshot from presence's answer (2.1), then the held
-   events less the messages already in the history: no gap, no repeat. The ack carries the
+   events less the messages already in the history and the presence changes already in the
+   snapshot: no gap, no repeat. The ack carries the
    reader's `lastRead` and `unread` (2.3).
 A repeated join of a room the connection is in changes nothing and is acknowledged with the
 first ack's data (its read state as history has it now) plus `"already": true` (2.1); it counts
@@ -100,7 +101,7 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
     history = await source.messages()
     conn.push(history.frame, "msgHistory")
     conn.push(event_frame("activeUsers", admission.users, room=room), "activeUsers")
-    member.go_live(history.ids)
+    member.go_live(history.ids, admission.users)
     state = await source.state()
     ack: dict[str, object] = {
         **_who(session, identity),

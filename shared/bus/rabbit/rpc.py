@@ -24,9 +24,9 @@ import asyncio
 import uuid
 from collections.abc import Mapping
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustChannel
+from aiormq import spec
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from ..base import BusTimeoutError, Message
@@ -35,6 +35,8 @@ from .connection import Publisher, broker_op
 log = structlog.get_logger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+DEFAULT_EXCHANGE = ""  # routes by queue name: a reply goes straight to its requester
+TRANSIENT = 1  # delivery mode: requests and replies are not worth a disk write
 
 
 async def underlay_channel(channel: AbstractRobustChannel) -> AbstractChannel:
@@ -80,18 +82,18 @@ class Replies:
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = future
-        message = aio_pika.Message(
-            body,
-            headers=dict(headers or {}),
+        properties = spec.Basic.Properties(
+            headers=dict(headers) if headers else None,
+            delivery_mode=TRANSIENT,
             correlation_id=correlation_id,
             reply_to=REPLY_TO,
-            expiration=timeout,  # nobody takes it after the caller gave up
+            expiration=str(int(timeout * 1000)),  # ms: nobody takes it after the caller gave up
         )
         try:
             async with asyncio.timeout(timeout):
                 async with broker_op("direct reply-to", self._op_timeout):
                     await self.ensure_consumer(publisher.channel)
-                await publisher.publish(message, routing_key)
+                await publisher.send(routing_key, body, properties)
                 return await future
         except TimeoutError as exc:
             raise BusTimeoutError(f"no reply to {routing_key!r} within {timeout:g}s") from exc
@@ -102,8 +104,10 @@ class Replies:
         """Answer `request` through the default exchange; a no-op if it wants no reply."""
         if request.reply_to is None:
             return
-        message = aio_pika.Message(body, correlation_id=request.correlation_id)
-        await publisher.publish(message, request.reply_to, publisher.channel.default_exchange)
+        properties = spec.Basic.Properties(
+            delivery_mode=TRANSIENT, correlation_id=request.correlation_id
+        )
+        await publisher.send(request.reply_to, body, properties, exchange=DEFAULT_EXCHANGE)
 
     def fail_all(self, error: Exception) -> None:
         """The bus is closing: every waiting request fails now."""
