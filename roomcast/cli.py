@@ -162,6 +162,13 @@ def webhooks(host: str, port: int) -> None:
     show_default=True,
     help="--sweep: measurements per system, at most.",
 )
+@click.option(
+    "--profile",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="py-spy every server process during the measured phase; folded stacks and a summary"
+    " go to DIR (py-spy costs CPU: compare figures of runs without it).",
+)
 def bench(scenario: str, **options: Any) -> None:
     """Measure fan-out, latency, joins and memory (docs/performance.md), or chat through
     faults and audit what was lost (`chaos`, docs/reliability.md); `goals` runs issue 11's

@@ -98,6 +98,7 @@ async def _serve(
         shutdown.set()
 
     watcher = asyncio.create_task(watch())
+    gcpauses.settle()  # start-up is over: what it made is there to stay
     log.info("listening", url=f"http://{host}:{port}")
     try:
         await serve(app, _hypercorn(host, port, settings), shutdown_trigger=shutdown.wait)

@@ -39,6 +39,7 @@ from .deploy import (
     cpu_delta,
     http_get,
 )
+from .profiling import PhaseProfiler, PyspyMissingError, pyspy
 from .scenarios import Config, Plan, build_plan, resolve
 from .stats import (
     bucket_percentiles_ms,
@@ -79,6 +80,7 @@ class Options:
     sweep: bool = False  # step the rate until p99 passes `limit` (sweep.py)
     limit: float = 50.0  # --sweep: the p99 limit, ms
     steps: int = 8  # --sweep: measurements per system, at most
+    profile: Path | None = None  # py-spy on every server process for the phase (profiling.py)
 
 
 class BenchError(Exception):
@@ -294,6 +296,9 @@ class Bench:
         plan = build_plan(cfg, deployment.urls, tag)
         pool = WorkerPool(self._plans(system, plan))
         results: dict[int, dict[str, Any]] = {}
+        profiler = None
+        if self.options.profile is not None:
+            profiler = PhaseProfiler(self.options.profile, system, roles)
         try:
             ready = await self._until(
                 pool,
@@ -305,6 +310,8 @@ class Bench:
             setup_cpu = sum(r.get("setup_cpu_s", 0.0) for r in ready.values())
             settle_s = await self._settle(pool, f"{system}: settling")
             metrics0 = await self._gateway_metrics(system, deployment)
+            if profiler is not None:
+                profiler.start()  # py-spy attaches within the 200 ms before t0
             cpu0, broker0, machine0 = monitor.cpu(), broker.cpu(), _machine_busy()
             t0 = time.monotonic_ns() + 200_000_000
             pool.send("go", t0)
@@ -318,9 +325,15 @@ class Bench:
                 t0=t0,
             )
             cpu1, broker1, machine1 = monitor.cpu(), broker.cpu(), _machine_busy()
+            if profiler is not None:
+                summary = await asyncio.to_thread(profiler.stop)
+                self.progress.note(f"roomcast bench: {system}'s profile in {summary}")
+                profiler = None
             end = monitor.sample()
             metrics1 = await self._gateway_metrics(system, deployment)
         finally:
+            if profiler is not None:
+                await asyncio.to_thread(profiler.stop)
             await pool.close()
             monitor.stop()
         workers = [results[w] for w in sorted(results)]
@@ -640,6 +653,11 @@ def run(options: Options) -> dict[str, Any]:
         return chaos.run(options)
     if options.faults is not None or options.down:
         raise ValueError("--faults and --down apply to the chaos scenario only")
+    if options.profile is not None:
+        try:
+            pyspy()
+        except PyspyMissingError as exc:
+            raise BenchError(str(exc)) from None
     if options.target and options.gateways is not None:
         raise BenchError("--gateways does not apply with --target (one per URL)")
     gateways = options.gateways

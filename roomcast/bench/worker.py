@@ -31,6 +31,8 @@ from typing import Any
 
 import orjson
 
+from roomcast.shared import gcpauses
+
 from .scenarios import ClientSpec
 from .stats import TIMELINE_BIN_S, Histogram
 from .wsclient import WSClient, connect
@@ -442,6 +444,9 @@ class Worker:
             await self._open(self.clients)
             if self.plan.mode != "joins":
                 await self._join_all(self.clients)
+            # the clients are made: out of the collector's sight, as a server's start-up is (a
+            # full collection over thousands of sockets stalled the load in the join storm)
+            gcpauses.settle()
             self.tell(
                 "ready",
                 self.plan.worker,

@@ -61,3 +61,23 @@ def test_a_long_pause_is_logged_and_a_run_of_them_is_throttled() -> None:
     slow = [e for e in logs if e["event"] == "long garbage collection"]
     assert [(e["pause_ms"], e["left_out"]) for e in slow] == [(250.0, 0), (300.0, 2)]
     assert all(e["generation"] == 2 and e["log_level"] == "warning" for e in slow)
+
+
+def test_settle_freezes_start_up_and_collects_young_objects_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        gcpauses.settle()
+        assert gc.get_freeze_count() > 0  # start-up's objects are out of the collector's sight
+        young, middle, old = gc.get_threshold()
+        assert young == gcpauses.YOUNG > before[0]
+        assert (middle, old) == before[1:]  # full collections still come as often as Python's
+
+        class Node:
+            def __init__(self) -> None:
+                self.me = self
+
+        Node()  # a cycle made after start-up: unreachable, and still collected
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
