@@ -68,6 +68,11 @@ def room_event(room: str, event: str) -> str:
     return f"room.{room}.{event}"
 
 
+PRESENCE_CHANGES = (
+    "presence"  # `room.<room>.presence`: a room's userJoin/userLeave frames, one per line
+)
+
+
 def room_pattern(room: str) -> str:
     """What a gateway binds while it has a client in the room."""
     return f"room.{room}.*"

@@ -11,6 +11,7 @@ disagree.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -41,6 +42,10 @@ class Member:
     admitted: bool = False  # presence counts it
     private: bool = False  # the room is private to two users
     ack: dict[str, object] | None = None  # the first join's ack data, which a repeat repeats
+    # the user list as the client keeps it, for `LISTED_SECONDS` after going live: presence
+    # changes it already shows are not written (a paced room's changes from before the
+    # snapshot can come after it: presence/announcer.py)
+    listed: set[str] | None = None
 
     def deliver(self, frame: str | bytes, event: str, message_id: str | None, size: int) -> None:
         held = self.held
@@ -59,36 +64,44 @@ class Member:
         - Presence changes its snapshot (`users`) already holds: a `userJoin` of a user in the
           list, a `userLeave` of one not in it (presence answers a batch of joins after their
           `userJoin`s, and each snapshot includes the joins judged before it: announcer.py).
-          Replayed on the snapshot, what is left changes the list at every step."""
+          Replayed on the snapshot, what is left changes the list at every step. The same
+          holds for `LISTED_SECONDS` after going live (`changes`)."""
         held, self.held = self.held or [], None
         last = -1
         for i, item in enumerate(held):
             if item.message_id is not None and item.message_id in already_seen:
                 last = i
-        listed: set[str] | None = None
+        listed = set(users)
         for i, item in enumerate(held):
             if item.message_id is not None and (
                 item.message_id in already_seen or (i < last and item.event == "updateChat")
             ):
                 continue
-            if item.event in PRESENCE_CHANGES:
-                if listed is None:
-                    listed = set(users)
-                if not _changes(listed, item):
-                    continue
+            if item.event in PRESENCE_CHANGES and not changes(listed, item.event, item.frame):
+                continue
             self.conn.push(item.frame, item.event, item.size)
+        self.listed = listed
+        asyncio.get_running_loop().call_later(LISTED_SECONDS, self._unlist)
+
+    def _unlist(self) -> None:
+        self.listed = None
 
 
 PRESENCE_CHANGES = frozenset({"userJoin", "userLeave"})
+# how long after going live a member's presence changes are checked against its list: longer
+# than a paced room holds its changes (presence/announcer.py: ~100 ms), with room to spare
+LISTED_SECONDS = 2.0
 
 
-def _changes(listed: set[str], item: Held) -> bool:
-    """Whether a held `userJoin`/`userLeave` changes the list (and apply it if it does)."""
-    try:
-        username = orjson.loads(item.frame)["data"]["username"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return True  # not ours to judge: written as it came
-    if item.event == "userJoin":
+def changes(listed: set[str], event: str, frame: str | bytes, username: str | None = None) -> bool:
+    """Whether a `userJoin`/`userLeave` changes the list (and apply it if it does). `username`
+    when the caller has read it from the frame already."""
+    if username is None:
+        try:
+            username = orjson.loads(frame)["data"]["username"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return True  # not ours to judge: written as it came
+    if event == "userJoin":
         if username in listed:
             return False
         listed.add(username)

@@ -16,15 +16,20 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import orjson
+import structlog
+
 from roomcast.shared import topics
 from roomcast.shared.bus import Message
 from roomcast.shared.topics import Header
 
 from .connection import count_out
-from .membership import Membership
+from .membership import PRESENCE_CHANGES, Membership, changes
 from .metrics import FANOUT
 from .roomcache import RoomCache
 from .shedding import Shedder, age_of
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -87,6 +92,9 @@ class Relay:
         headers = message.headers
         size = len(body)
         age = age_of(headers.get(Header.SENT_AT))  # read once: shedding and the fan-out metric
+        if route.kind == "room" and route.event == topics.PRESENCE_CHANGES:
+            self._presence(route.name, body)
+            return
         if route.kind == "room":
             message_id = headers.get(Header.MESSAGE_ID)
             if message_id is not None:
@@ -120,6 +128,34 @@ class Relay:
                 conn.push(body, route.event, size)
         if age is not None:
             FANOUT.observe(max(0.0, age))
+
+    def _presence(self, room: str, body: bytes) -> None:
+        """A room's `userJoin`/`userLeave` frames of one publication, one per line (presence's
+        announcer.py): each written as its own event, in order, less those that a member who
+        joined moments ago was already shown (`Member.listed`)."""
+        lines = []
+        for line in body.split(b"\n"):
+            try:
+                frame = orjson.loads(line)
+                event, username = frame["event"], frame["data"]["username"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.warning("presence change dropped: not a userJoin or userLeave frame", room=room)
+                continue
+            if event not in PRESENCE_CHANGES or not isinstance(username, str):
+                log.warning("presence change dropped: not a userJoin or userLeave frame", room=room)
+                continue
+            lines.append((line, event, username, len(line)))
+        now = time.monotonic()
+        for member in self._membership.members(room):
+            if member.held is not None:
+                for line, event, _, size in lines:
+                    member.deliver(line, event, None, size)
+                continue
+            listed = member.listed
+            for line, event, username, size in lines:
+                if listed is None or changes(listed, event, line, username):
+                    member.conn.enqueue(line, event, size, now)
+                    count_out(event)
 
     def first_time(self, room: str, message_id: str, publication: str, frame: str) -> bool:
         """Whether this chat message is news here (and remember it as relayed)."""

@@ -233,8 +233,10 @@ class PresenceService:
                 else:
                     OPS.labels("join", "ok").inc()
                     entries.append(rpc.outcome_of(None, admission))
-            # batches are published in order: the last one covers those before it
-            announced = self.announcer.barrier()
+            # batches are handled in order: the last one covers those before it; its events
+            # are published, or wait for their room's pace (the gateway filters what a
+            # snapshot already shows, announcer.py)
+            announced = self.announcer.settled()
             USERS.set(len(self.state.conns))
         if not judged:
             return  # nobody waits for any of them

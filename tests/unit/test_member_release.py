@@ -26,7 +26,7 @@ def member() -> tuple[Member, Socket]:
     return Member(cast(Any, socket), "main"), socket
 
 
-def test_a_held_message_older_than_the_history_is_not_written_after_it() -> None:
+async def test_a_held_message_older_than_the_history_is_not_written_after_it() -> None:
     m, socket = member()
     m.deliver("m11", "updateChat", "m11", 3)  # held, then pushed out of the newest-N window
     m.deliver("join", "userJoin", None, 4)
@@ -38,7 +38,7 @@ def test_a_held_message_older_than_the_history_is_not_written_after_it() -> None
     assert socket.written == [("join", "userJoin"), ("edit11", "editChat"), ("m37", "updateChat")]
 
 
-def test_without_history_everything_held_is_written_in_order() -> None:
+async def test_without_history_everything_held_is_written_in_order() -> None:
     m, socket = member()
     for i in range(3):
         m.deliver(f"m{i}", "updateChat", f"m{i}", 2)
@@ -48,7 +48,7 @@ def test_without_history_everything_held_is_written_in_order() -> None:
     assert socket.written[-1] == ("m3", "updateChat")
 
 
-def test_held_messages_newer_than_the_history_are_all_written() -> None:
+async def test_held_messages_newer_than_the_history_are_all_written() -> None:
     m, socket = member()
     m.deliver("m5", "updateChat", "m5", 2)
     m.deliver("m6", "updateChat", "m6", 2)
@@ -60,7 +60,7 @@ def presence_frame(event: str, username: str) -> str:
     return orjson.dumps({"event": event, "data": {"username": username, "room": "main"}}).decode()
 
 
-def test_held_presence_changes_the_snapshot_holds_are_not_written() -> None:
+async def test_held_presence_changes_the_snapshot_holds_are_not_written() -> None:
     m, socket = member()
     held = [
         ("userJoin", "ann"),  # judged before the joiner in its batch: in the snapshot
@@ -82,7 +82,7 @@ def test_held_presence_changes_the_snapshot_holds_are_not_written() -> None:
     assert listed == {"ann", "bob", "joiner"}
 
 
-def test_a_presence_change_is_never_held_back_once_live() -> None:
+async def test_a_presence_change_is_never_held_back_once_live() -> None:
     m, socket = member()
     m.go_live(set(), ["ann"])
     m.deliver(presence_frame("userJoin", "ann"), "userJoin", None, 10)  # live: not judged

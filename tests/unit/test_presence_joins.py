@@ -142,7 +142,7 @@ async def test_the_undo_of_a_dropped_join_changes_nothing_and_departures_are_nev
     await service._handle(delivery("leave", gone, wall.now - 1))
     assert service.state.users("lobby") == []
     await until(lambda: len(events) == 2)  # the announcer published carol's join and leave
-    assert [(event, who) for event, _room, (who, _origin) in events] == [
+    assert [(event, who) for event, _room, who in events] == [
         ("userJoin", "carol"),
         ("userLeave", "carol"),
     ]
