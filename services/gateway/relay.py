@@ -146,16 +146,20 @@ class Relay:
                 continue
             lines.append((line, event, username, len(line)))
         now = time.monotonic()
+        written = {"userJoin": 0, "userLeave": 0}
         for member in self._membership.members(room):
             if member.held is not None:
                 for line, event, _, size in lines:
                     member.deliver(line, event, None, size)
                 continue
-            listed = member.listed
+            listed, enqueue = member.listed, member.conn.enqueue
             for line, event, username, size in lines:
                 if listed is None or changes(listed, event, line, username):
-                    member.conn.enqueue(line, event, size, now)
-                    count_out(event)
+                    enqueue(line, event, size, now)
+                    written[event] += 1
+        for event, n in written.items():
+            if n:
+                count_out(event, n)
 
     def first_time(self, room: str, message_id: str, publication: str, frame: str) -> bool:
         """Whether this chat message is news here (and remember it as relayed)."""
