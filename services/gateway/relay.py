@@ -24,7 +24,8 @@ from roomcast.shared.bus import Message
 from roomcast.shared.topics import Header
 
 from .connection import count_out
-from .membership import PRESENCE_CHANGES, Membership, changes
+from .logthrottle import LogThrottle
+from .membership import PRESENCE_CHANGES, Membership
 from .metrics import FANOUT
 from .roomcache import RoomCache
 from .shedding import Shedder, age_of
@@ -71,6 +72,20 @@ class RecentMessages:
             self._bytes -= len(dropped.frame)
 
 
+def _change(line: bytes, room: str) -> tuple[str, str] | None:
+    """(event, username) of a presence change of `room`, or None for anything else."""
+    try:
+        frame = orjson.loads(line)
+        event, username, where = frame["event"], frame["data"]["username"], frame["room"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(event, str) or event not in PRESENCE_CHANGES:
+        return None
+    if not isinstance(username, str) or where != room:
+        return None
+    return event, username
+
+
 class Relay:
     def __init__(
         self,
@@ -85,6 +100,7 @@ class Relay:
         self._cache = cache if cache is not None else RoomCache()
         self.last_ids: dict[str, str] = {}  # room -> id of the last chat message relayed there
         self.history_revs: dict[str, int] = {}  # room -> the largest rev of a joiner's history
+        self._bad_lines = LogThrottle()
 
     async def on_message(self, message: Message) -> None:
         route = topics.parse(message.routing_key)
@@ -131,20 +147,22 @@ class Relay:
 
     def _presence(self, room: str, body: bytes) -> None:
         """A room's `userJoin`/`userLeave` frames of one publication, one per line (presence's
-        announcer.py): each written as its own event, in order, less those that a member who
-        joined moments ago was already shown (`Member.listed`)."""
+        announcer.py): each written as its own event, in order, less those that a member's
+        snapshot already showed (`Member.shown`). A line that is not such a change is dropped
+        (logged, throttled), the others still go."""
         lines = []
         for line in body.split(b"\n"):
-            try:
-                frame = orjson.loads(line)
-                event, username = frame["event"], frame["data"]["username"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                log.warning("presence change dropped: not a userJoin or userLeave frame", room=room)
+            change = _change(line, room)
+            if change is None:
+                left_out = self._bad_lines.allow("presence")
+                if left_out is not None:
+                    log.warning(
+                        "presence change dropped: not a userJoin or userLeave frame of the room",
+                        room=room,
+                        left_out=left_out,
+                    )
                 continue
-            if event not in PRESENCE_CHANGES or not isinstance(username, str):
-                log.warning("presence change dropped: not a userJoin or userLeave frame", room=room)
-                continue
-            lines.append((line, event, username, len(line)))
+            lines.append((line, *change, len(line)))
         now = time.monotonic()
         written = {"userJoin": 0, "userLeave": 0}
         for member in self._membership.members(room):
@@ -152,9 +170,9 @@ class Relay:
                 for line, event, _, size in lines:
                     member.deliver(line, event, None, size)
                 continue
-            listed, enqueue = member.listed, member.conn.enqueue
+            enqueue = member.conn.enqueue
             for line, event, username, size in lines:
-                if listed is None or changes(listed, event, line, username):
+                if member.expected is None or not member.shown(event, username):
                     enqueue(line, event, size, now)
                     written[event] += 1
         for event, n in written.items():
