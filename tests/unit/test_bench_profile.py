@@ -56,3 +56,12 @@ def test_a_running_process_is_profiled_until_stopped(tmp_path: Path) -> None:
     assert "== gateway:" in text and "db" not in text  # the database is not ours to profile
     assert "spin (<string>)" in text or "<genexpr> (<string>)" in text, text
     assert (tmp_path / f"roomcast-gateway-{busy.pid}.txt").stat().st_size > 0
+
+
+def test_without_py_spy_the_bench_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from roomcast.bench import profiling
+    from roomcast.bench.runner import BenchError, Options, run
+
+    monkeypatch.setattr(profiling.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(BenchError, match="--profile needs py-spy"):
+        run(Options(scenario="join-storm", profile=Path("unused"), quiet=True))

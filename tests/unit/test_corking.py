@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from structlog.testing import capture_logs
 
 from roomcast.shared.bus.rabbit.corking import CorkedWriter
 
@@ -79,4 +80,25 @@ async def test_a_closing_transport_is_not_written() -> None:
     transport.closing = True
     await asyncio.sleep(0)
     assert transport.writes == []
+    corked.close()
+
+
+async def test_a_failed_write_is_logged_and_what_follows_still_goes() -> None:
+    corked, transport = writer()
+    fail = [OSError("broken pipe")]
+
+    def flaky(data: bytes | bytearray | memoryview) -> None:
+        if fail:
+            raise fail.pop()
+        transport.writes.append(bytes(data))
+
+    transport.write = flaky  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        corked.write(b"lost")
+        await asyncio.sleep(0)
+        corked.write(b"next")
+        await asyncio.sleep(0)
+    [line] = [e for e in logs if e["event"] == "broker socket write failed"]
+    assert "broken pipe" in line["error"]
+    assert transport.writes == [b"next"]
     corked.close()
