@@ -9,6 +9,7 @@ corked socket (shared/bus/rabbit/corking.py), still in order and each confirmed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,14 +33,22 @@ async def bus() -> AsyncIterator[RabbitBus]:
         yield bus
 
 
-async def test_a_message_arrives_with_its_headers_mode_and_an_id(bus: RabbitBus) -> None:
+@contextlib.asynccontextmanager
+async def received(
+    bus: RabbitBus, pattern: str
+) -> AsyncIterator[asyncio.Queue[AbstractIncomingMessage]]:
+    """What the bus publishes on `pattern`, as a queue of its own on another connection sees it."""
     got: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    connection = await aio_pika.connect(machine_broker_url())
-    async with connection:
+    async with await aio_pika.connect(machine_broker_url()) as connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(bus.exchange_name, "room.#")
+        await queue.bind(bus.exchange_name, pattern)
         await queue.consume(got.put, no_ack=True)
+        yield got
+
+
+async def test_a_message_arrives_with_its_headers_mode_and_an_id(bus: RabbitBus) -> None:
+    async with received(bus, "room.#") as got:
         headers = {"origin": "c1", "id": "m1"}
         await bus.publish("room.a.updateChat", b"one", headers=headers, persistent=True)
         await bus.publish("room.a.typing", b"two")
@@ -146,13 +155,7 @@ async def test_publishes_of_one_turn_go_in_one_write_in_order_each_confirmed(
         original(self)
 
     monkeypatch.setattr(CorkedWriter, "uncork", counted)
-    got: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    connection = await aio_pika.connect(machine_broker_url())
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(bus.exchange_name, "room.burst.*")
-        await queue.consume(got.put, no_ack=True)
+    async with received(bus, "room.burst.*") as got:
         writes.clear()
         await asyncio.gather(
             *(bus.publish("room.burst.updateChat", str(n).encode()) for n in range(50))
