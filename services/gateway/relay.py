@@ -1,7 +1,9 @@
 """Bus deliveries to local sockets: one broker message per room event, its body (the final
 client frame, UTF-8) handed as the same bytes to every local member of the room: no decoding,
 encoding or per-socket copy on the way (`rawsend.py` frames it per socket), one clock read and one
-metric update per event, not per socket.
+metric update per event, not per socket. Presence's messages carry a room's changes of one
+publication, one frame per line: each line is read once and written as an event of its own,
+less the changes that a member's snapshot showed already (`Member.shown`).
 
 It also drops a chat message that arrives again under an id it has already relayed (a client
 that re-sent after reconnecting to another gateway, or a retry of a publication the broker did
