@@ -42,9 +42,10 @@ class Member:
     admitted: bool = False  # presence counts it
     private: bool = False  # the room is private to two users
     ack: dict[str, object] | None = None  # the first join's ack data, which a repeat repeats
-    # presence changes its snapshot shows that are still to come (a paced room's, published
-    # after the join's reply: presence/announcer.py): each is dropped once when it comes
-    expected: list[tuple[str, str]] | None = None
+    # the user list as the client keeps it, for `LISTED_SECONDS` after going live: presence
+    # changes it already shows are not written (a paced room's changes from before the
+    # snapshot can come after it: presence/announcer.py)
+    listed: set[str] | None = None
 
     def deliver(self, frame: str | bytes, event: str, message_id: str | None, size: int) -> None:
         held = self.held
@@ -53,87 +54,53 @@ class Member:
         else:
             held.append(Held(frame, event, message_id, size))
 
-    def go_live(
-        self,
-        already_seen: AbstractSet[str],
-        users: Iterable[str] = (),
-        stale: Iterable[tuple[str, str]] = (),
-    ) -> None:
+    def go_live(self, already_seen: AbstractSet[str], users: Iterable[str] = ()) -> None:
         """Release what was held, less what the joiner was already shown.
 
         - Messages its history showed, and chat messages held before the last of those: they
           are older than the history (it holds the newest N, which moved on while the join
           was answered), so written live they would arrive out of order; the client pages back
           over HTTP for them like for any message older than its history.
-        - Presence changes its snapshot (`users`) already shows: those presence says are still
-          to come (`stale`: a paced room's), each once, now or when it comes (`expected`);
-          and among the held ones, a `userJoin` of a user in the list or a `userLeave` of one
-          not in it (presence answers a batch of joins after their `userJoin`s, and each
-          snapshot includes the joins judged before it). Replayed on the snapshot, what is
-          written changes the list at every step."""
+        - Presence changes its snapshot (`users`) already holds: a `userJoin` of a user in the
+          list, a `userLeave` of one not in it (presence answers a batch of joins after their
+          `userJoin`s, and each snapshot includes the joins judged before it: announcer.py).
+          Replayed on the snapshot, what is left changes the list at every step. The same
+          holds for `LISTED_SECONDS` after going live (`changes`)."""
         held, self.held = self.held or [], None
-        expected = list(stale)
         last = -1
         for i, item in enumerate(held):
             if item.message_id is not None and item.message_id in already_seen:
                 last = i
-        listed: set[str] | None = None
+        listed = set(users)
         for i, item in enumerate(held):
             if item.message_id is not None and (
                 item.message_id in already_seen or (i < last and item.event == "updateChat")
             ):
                 continue
-            if item.event in PRESENCE_CHANGES:
-                username = _username(item.frame)
-                if expected and _expected(expected, item.event, username):
-                    continue
-                if listed is None:
-                    listed = set(users)
-                if not changes(listed, item.event, username):
-                    continue
+            if item.event in PRESENCE_CHANGES and not changes(listed, item.event, item.frame):
+                continue
             self.conn.push(item.frame, item.event, item.size)
-        if expected:
-            self.expected = expected
-            asyncio.get_running_loop().call_later(EXPECTED_SECONDS, self._unexpect)
+        self.listed = listed
+        asyncio.get_running_loop().call_later(LISTED_SECONDS, self._unlist)
 
-    def shown(self, event: str, username: str) -> bool:
-        """Whether a live member's snapshot showed this change already (it is then dropped,
-        once)."""
-        expected = self.expected
-        return expected is not None and _expected(expected, event, username)
-
-    def _unexpect(self) -> None:
-        self.expected = None
+    def _unlist(self) -> None:
+        self.listed = None
 
 
 PRESENCE_CHANGES = frozenset({"userJoin", "userLeave"})
-# a stale change that never comes (lost with a broker connection) must not make a later one of
-# the same user vanish: the expectation goes after this long
-EXPECTED_SECONDS = 30.0
+# how long after going live a member's presence changes are checked against its list: longer
+# than a paced room holds its changes (presence/announcer.py: ~100 ms), with room to spare
+LISTED_SECONDS = 2.0
 
 
-def _expected(expected: list[tuple[str, str]], event: str, username: str | None) -> bool:
-    """Take the first expected change equal to this one; whether there was one."""
-    try:
-        expected.remove((event, username or ""))
-    except ValueError:
-        return False
-    return True
-
-
-def _username(frame: str | bytes) -> str | None:
-    try:
-        username = orjson.loads(frame)["data"]["username"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    return username if isinstance(username, str) else None
-
-
-def changes(listed: set[str], event: str, username: str | None) -> bool:
-    """Whether a `userJoin`/`userLeave` changes the list (and apply it if it does); one whose
-    user cannot be read is not ours to judge."""
+def changes(listed: set[str], event: str, frame: str | bytes, username: str | None = None) -> bool:
+    """Whether a `userJoin`/`userLeave` changes the list (and apply it if it does). `username`
+    when the caller has read it from the frame already."""
     if username is None:
-        return True
+        try:
+            username = orjson.loads(frame)["data"]["username"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return True  # not ours to judge: written as it came
     if event == "userJoin":
         if username in listed:
             return False

@@ -3,7 +3,7 @@ client frame, UTF-8) handed as the same bytes to every local member of the room:
 encoding or per-socket copy on the way (`rawsend.py` frames it per socket), one clock read and one
 metric update per event, not per socket. Presence's messages carry a room's changes of one
 publication, one frame per line: each line is read once and written as an event of its own,
-less the changes that a member's snapshot showed already (`Member.shown`).
+less the changes that a member who joined moments ago was shown already (`Member.listed`).
 
 It also drops a chat message that arrives again under an id it has already relayed (a client
 that re-sent after reconnecting to another gateway, or a retry of a publication the broker did
@@ -27,7 +27,7 @@ from roomcast.shared.topics import Header
 
 from .connection import count_out
 from .logthrottle import LogThrottle
-from .membership import PRESENCE_CHANGES, Membership
+from .membership import PRESENCE_CHANGES, Membership, changes
 from .metrics import FANOUT
 from .roomcache import RoomCache
 from .shedding import Shedder, age_of
@@ -149,9 +149,9 @@ class Relay:
 
     def _presence(self, room: str, body: bytes) -> None:
         """A room's `userJoin`/`userLeave` frames of one publication, one per line (presence's
-        announcer.py): each written as its own event, in order, less those that a member's
-        snapshot already showed (`Member.shown`). A line that is not such a change is dropped
-        (logged, throttled), the others still go."""
+        announcer.py): each written as its own event, in order, less those that a member who
+        joined moments ago was already shown (`Member.listed`). A line that is not such a
+        change of the room is dropped (logged, throttled), the others still go."""
         lines = []
         for line in body.split(b"\n"):
             change = _change(line, room)
@@ -172,9 +172,9 @@ class Relay:
                 for line, event, _, size in lines:
                     member.deliver(line, event, None, size)
                 continue
-            enqueue = member.conn.enqueue
+            listed, enqueue = member.listed, member.conn.enqueue
             for line, event, username, size in lines:
-                if member.expected is None or not member.shown(event, username):
+                if listed is None or changes(listed, event, line, username):
                     enqueue(line, event, size, now)
                     written[event] += 1
         for event, n in written.items():

@@ -13,7 +13,7 @@ would, and the joiner would never learn of the rejoin). A batch of joins (`prese
 needs only two barriers, before its first join and after its last: between them only joins
 happen, and a join never cancels another. Its joiners' snapshots include the joins judged
 before theirs in the same batch, whose `userJoin` comes after; the gateway drops a change that
-a joiner's snapshot already shows (`Member.go_live`).
+a joiner's snapshot already shows (`Member.go_live`, and for a short while after it).
 
 One bus message per room (`room.<room>.presence`) carries the room's events of one
 publication, each a client frame, one per line. A room publishes at once while it is quiet,
@@ -22,9 +22,7 @@ bucket per room): in a join storm each member's socket then gets a room's change
 in one write, where it got one write per change (docs/performance.md, "Issue 11, third pass").
 Every event is still published, in order; only its wait changes. A single `join` (from an
 older gateway) waits until everything announced before its reply is published; a batch of
-joins waits until its events are published or deferred by the room's pace (`settled`), and
-each of its replies lists the room's changes that its snapshot shows but that were still
-deferred (`deferred`): the joiner's gateway drops exactly those when they come.
+joins waits until its events are published or deferred by the room's pace (`settled`).
 
 Publishing is best effort: an event that cannot be published is logged and dropped (the
 gateways' heartbeats keep presence right; a client recovers its list by joining again).
@@ -72,7 +70,6 @@ class _Net:
 
     before: bool  # present when the batch began
     after: bool
-    mark: int = 0  # the number of its last change (`Announcer.noted`)
 
 
 @dataclass(slots=True, eq=False)
@@ -89,7 +86,6 @@ class _Room:
     """A room's events staged and not yet published, and whose batches wait for them."""
 
     frames: list[str]
-    changes: list[tuple[int, str, str]]  # (mark, event, username) of each frame
     waiters: list[_Batch]
     due: float
 
@@ -133,7 +129,6 @@ class Announcer:
         self._last: _Batch | None = None  # the most recently closed batch
         self._rooms: dict[str, _Room] = {}  # staged events by room, not yet published
         self._buckets: dict[str, _Bucket] = {}  # rooms that published lately
-        self._noted = 0  # changes noted so far
         self._wake = asyncio.Event()
         self.on_round: Callable[[], None] = lambda: None  # a round went out (supervision)
 
@@ -159,19 +154,6 @@ class Announcer:
         self._close()
         last = self._last
         return last.settled if last is not None and not last.settled.done() else None
-
-    def noted(self) -> int:
-        """How many changes were announced so far: a snapshot taken now shows those."""
-        return self._noted
-
-    def deferred(self, room: str, upto: int) -> list[tuple[str, str]]:
-        """The room's changes among the first `upto` announced that still wait for the room's
-        pace: a snapshot taken after them shows them already, and its joiner will still get
-        them (its gateway drops exactly those: `Member.go_live`)."""
-        staged = self._rooms.get(room)
-        if staged is None:
-            return []
-        return [(event, username) for mark, event, username in staged.changes if mark <= upto]
 
     def published(self) -> asyncio.Future[None] | None:
         """A future that resolves once everything announced so far is published, without
@@ -234,14 +216,12 @@ class Announcer:
         if self._open is None:
             self._open = _Batch(opened=self._clock())
             self._wake.set()
-        self._noted += 1
         users = self._open.rooms.setdefault(room, {})
         net = users.get(username)
         if net is None:
-            users[username] = _Net(before=not present, after=present, mark=self._noted)
+            users[username] = _Net(before=not present, after=present)
             return
         net.after = present
-        net.mark = self._noted
 
     def _close(self) -> None:
         batch, self._open = self._open, None
@@ -255,7 +235,7 @@ class Announcer:
         """A closed batch's events, each room's after what it has staged already."""
         flips: list[Flip] = []
         for room, users in batch.rooms.items():
-            frames, changes = [], []
+            frames = []
             for username, net in users.items():
                 event = "userJoin" if net.after else "userLeave"
                 if net.before == net.after:
@@ -263,14 +243,12 @@ class Announcer:
                     continue
                 flips.append(Flip(room, username, net.after))
                 frames.append(encode_event(event, {"username": username, "room": room}, room=room))
-                changes.append((net.mark, event, username))
             if not frames:
                 continue
             staged = self._rooms.get(room)
             if staged is None:
-                staged = self._rooms[room] = _Room([], [], [], self._due(room, now))
+                staged = self._rooms[room] = _Room([], [], self._due(room, now))
             staged.frames += frames
-            staged.changes += changes
             staged.waiters.append(batch)
             batch.waiting += 1
         self._unfinished.append(batch)

@@ -216,8 +216,6 @@ class PresenceService:
             if not self._gave_up(req):
                 self._read_ahead(req)
         entries: list[dict[str, Any]] = []
-        # each admission, its room, and how many changes its snapshot shows
-        admitted: list[tuple[dict[str, Any], str, int]] = []
         judged = 0
         async with self._lock:
             self.announcer.barrier()  # what came before cannot cancel out with these joins
@@ -235,18 +233,14 @@ class PresenceService:
                 else:
                     OPS.labels("join", "ok").inc()
                     entries.append(rpc.outcome_of(None, admission))
-                    admitted.append((admission, req.room, self.announcer.noted()))
             # batches are handled in order: the last one covers those before it; its events
-            # are published, or wait for their room's pace (announcer.py)
+            # are published, or wait for their room's pace (the gateway filters what a
+            # snapshot already shows, announcer.py)
             announced = self.announcer.settled()
             USERS.set(len(self.state.conns))
         if not judged:
             return  # nobody waits for any of them
         await self._published(announced, "joins")
-        for admission, room, shown in admitted:  # what a snapshot shows and its joiner will get
-            stale = self.announcer.deferred(room, shown)
-            if stale:
-                admission["stale"] = stale
         await self._bus.reply(message, orjson.dumps({"result": entries}))
 
     def _gave_up(self, req: rpc.BatchedJoin) -> bool:

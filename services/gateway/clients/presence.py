@@ -32,9 +32,6 @@ class Admission(BaseModel):
     users: list[str]
     private: bool = False
     moderation: RoomModeration | None = None  # the room's owner, mutes and bans (2.4)
-    # changes the snapshot shows that presence had not published yet: the joiner's gateway
-    # drops exactly these when they come (presence/announcer.py, `Member.go_live`)
-    stale: list[tuple[str, str]] = []
 
 
 class JoinBatcher(TurnBatcher[rpc.BatchedJoin]):

@@ -101,7 +101,7 @@ async def handle(gw: ChatGateway, conn: Connection, data: JoinData) -> dict[str,
     history = await source.messages()
     conn.push(history.frame, "msgHistory")
     conn.push(event_frame("activeUsers", admission.users, room=room), "activeUsers")
-    member.go_live(history.ids, admission.users, admission.stale)
+    member.go_live(history.ids, admission.users)
     state = await source.state()
     ack: dict[str, object] = {
         **_who(session, identity),
