@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 from roomcast.shared import gcpauses
 from roomcast.shared.gcpauses import PauseWatch
+from tests.support.clock import Clock
 
 pytestmark = pytest.mark.unit
 
@@ -21,14 +22,6 @@ def _count(generation: int) -> float:
         "roomcast_gc_pause_seconds_count", {"generation": str(generation)}
     )
     return value or 0.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_real_collection_is_timed_by_the_watch_installed_once() -> None:
@@ -44,7 +37,7 @@ def test_a_real_collection_is_timed_by_the_watch_installed_once() -> None:
 
 
 def test_a_long_pause_is_logged_and_a_run_of_them_is_throttled() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     watch = PauseWatch(clock)
     with capture_logs() as logs:
         for _ in range(3):  # three 250 ms full collections within a second

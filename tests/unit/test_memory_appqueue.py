@@ -16,6 +16,7 @@ from roomcast.gateway import appqueue
 from roomcast.gateway.appqueue import AppQueue
 from roomcast.runtime import _hypercorn
 from roomcast.shared.config import load_settings
+from tests.support import heap
 from tests.support.chat_client import ChatClient
 
 pytestmark = pytest.mark.unit
@@ -109,11 +110,7 @@ async def test_an_idle_queue_with_its_reader_waiting_is_small() -> None:
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
-    held = sum(
-        s.size_diff
-        for s in after.compare_to(before, "filename")
-        if s.traceback[0].filename == appqueue.__file__
-    )
+    held = heap.held(before, after, [appqueue.__file__])
     assert held / n < 400, f"{held / n:.0f} B per idle queue"
     for reader in readers:
         reader.cancel()

@@ -9,16 +9,10 @@ import pytest
 
 from roomcast.gateway import ratelimit
 from roomcast.gateway.ratelimit import TokenBucket
+from tests.support import heap
+from tests.support.clock import Clock
 
 pytestmark = pytest.mark.unit
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_bucket_starts_full_refills_at_its_rate_and_never_beyond_its_burst() -> None:
@@ -45,11 +39,7 @@ def test_an_unused_bucket_holds_nothing_but_itself() -> None:
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
-    held = sum(
-        s.size_diff
-        for s in after.compare_to(before, "filename")
-        if s.traceback[0].filename in (ratelimit.__file__, __file__)
-    )
+    held = heap.held(before, after, (ratelimit.__file__, __file__))
     assert len(buckets) == n
     # the slotted object and its place in the list (it was 152 B with three floats of its own)
     assert held / n <= 100, f"{held / n:.0f} B per unused bucket"

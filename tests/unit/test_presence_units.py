@@ -31,6 +31,7 @@ from roomcast.shared.names import username_key
 from roomcast.shared.rpc import Heartbeat, RosterEntry
 from roomcast.shared.store.base import NameReservation, StoreUnavailableError
 from roomcast.shared.store.memory import InMemoryRoomStore
+from tests.support.clock import Clock
 
 pytestmark = pytest.mark.unit
 
@@ -234,14 +235,6 @@ async def test_an_event_that_cannot_be_published_is_logged_and_the_rest_go_on(
 # --- the service, through the bus ------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 Presence = Callable[..., Awaitable[PresenceService]]
 
 
@@ -295,7 +288,7 @@ async def test_a_lookalike_of_a_live_name_is_taken(bus: InMemoryBus, presence: P
 async def test_a_name_is_kept_for_its_session_after_the_last_connection(
     bus: InMemoryBus, presence: Presence
 ) -> None:
-    wall = Clock()
+    wall = Clock(1_800_000_000.0)
     service = await presence(wall=wall)
     await join(bus, "c1", "alice", "h1")
     await disconnect(bus, "c1")
@@ -395,7 +388,7 @@ def _member(username: str, session_hash: str) -> Any:
 
 async def test_reservation_cache_is_an_lru_with_a_cap_that_falls_back_to_the_store() -> None:
     store = InMemoryRoomStore()
-    wall = Clock()
+    wall = Clock(1_800_000_000.0)
     names = NameReservations(store, 600, wall, cache_cap=2)
     writer = asyncio.create_task(names.run())
     for user in ("ann", "bob", "cat"):
@@ -416,7 +409,7 @@ async def test_unreadable_reservations_let_the_join_through_and_say_so() -> None
         async def get_reservation(self, key: str, now: float) -> NameReservation | None:
             raise StoreUnavailableError("mongo get_reservation failed: ServerSelectionTimeoutError")
 
-    names = NameReservations(DownStore(), 600, Clock())
+    names = NameReservations(DownStore(), 600, Clock(1_800_000_000.0))
     with capture_logs() as logs:
         assert await names.holder("alice") is None
     assert any(e["event"] == "name reservations unreadable; join let through" for e in logs)

@@ -16,19 +16,12 @@ from roomcast.gateway.auth.jwks import JwksKeys
 from roomcast.gateway.auth.tokens import MAX_TOKEN_CHARS, TokenError, TokenVerifier
 from roomcast.shared.auth import MODERATOR, subject_key
 from roomcast.shared.config import ConfigError, load_settings
+from tests.support.clock import Clock
 from tests.support.tokens import JWT_SECRET, SigningKey, claims, hs256, jwks_server
 
 pytestmark = pytest.mark.unit
 
 LIMITS = load_settings()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def fetches(outcome: str) -> float:
