@@ -117,6 +117,8 @@ def test_the_owner_unmutes_and_unbans(keyed_server: DevProcess, open_user: OpenU
 
     moderate.click()
     menu.get_by_role("button", name="Mute 10 min").click()
+    # the mute is in force once its ack is: ben writes after it, not in a race with it
+    expect(ann.page.get_by_text(f"{ben.name} is muted in #{room} for 10 minutes.")).to_be_visible()
     ben.send(unique("muted"))
     expect(ben.page.get_by_text(f"You're muted in #{room}").first).to_be_visible()
     moderate.click()
